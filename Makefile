@@ -1,0 +1,56 @@
+# The course's commands. Each sets up .venv from the pinned requirements first.
+#   make test   — unit tests + every chapter under nbval (CPU: Triton interpreter)
+#   make book   — the website in _build/html (executes every chapter, warnings are errors)
+#   make lab    — JupyterLab on the chapters
+#   make sync   — refresh the generated cells of the chapters, strip outputs
+#   make student — the student edition (solutions removed) in student/
+#   make wheels — wheels for a GPU machine without network (tools/gpu_check.py installs them)
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+JOBS   ?= 2
+
+# Jupyter kernels started by nbval and the book must find the venv's python.
+export PATH := $(abspath $(BIN)):$(PATH)
+
+.PHONY: setup test book lab sync check student wheels clean
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -r requirements.txt
+	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
+	touch $@
+
+test: $(STAMP)
+	$(BIN)/python tools/notebooks.py check
+	$(BIN)/python -m pytest -n $(JOBS) --dist loadfile --nbval-lax --nbval-current-env \
+		--nbval-cell-timeout=900 tests chapters
+
+book: $(STAMP)
+	$(BIN)/jupyter-book build . --warningiserror --nitpick --keep-going
+
+lab: $(STAMP)
+	$(BIN)/jupyter lab chapters
+
+sync: $(STAMP)
+	$(BIN)/python tools/notebooks.py sync
+
+check: $(STAMP)
+	$(BIN)/python tools/notebooks.py check
+
+student: $(STAMP)
+	$(BIN)/python tools/notebooks.py student --out student
+
+# Python 3.12 wheels of the notebook runners, for the GPU machine's image (no network there).
+wheels:
+	$(PYTHON) -m pip download -q -d wheels --python-version 3.12 --only-binary=:all: \
+		--platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 \
+		nbval nbclient ipykernel ipywidgets nbformat
+
+clean:
+	rm -rf _build student .pytest_cache

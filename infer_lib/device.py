@@ -1,0 +1,164 @@
+"""Where the code runs: a CUDA GPU (Triton compiles the kernels) or the CPU
+(Triton's interpreter runs the very same kernels on CPU tensors).
+
+The choice is made once, at import, before anything imports ``triton``:
+Triton reads ``TRITON_INTERPRET`` when a kernel is decorated, so the variable
+must be in the environment before the first ``@triton.jit`` runs. ``import
+infer_lib`` imports this module first, so readers never set anything by hand.
+
+Also here: the working dtype for the machine, the problem-size profile the
+notebooks use, and a one-line description of the machine.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from dataclasses import dataclass, field
+
+import torch
+
+HAS_GPU: bool = torch.cuda.is_available()
+
+if not HAS_GPU:
+    if "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1":
+        # Triton was imported first. Kernels decorated from now on still honour
+        # the variable (Triton reads it at decoration time), but say so loudly.
+        import warnings
+
+        warnings.warn(
+            "triton was imported before infer_lib on a machine without a CUDA GPU; "
+            "infer_lib sets TRITON_INTERPRET=1 now. Kernels defined before this "
+            "point will not run on the CPU: import infer_lib first.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    os.environ["TRITON_INTERPRET"] = "1"
+
+#: True when Triton kernels run in the interpreter (no GPU), False when compiled.
+INTERPRET: bool = os.environ.get("TRITON_INTERPRET") == "1"
+
+#: The device the notebooks and tests put their tensors on.
+DEVICE: torch.device = torch.device("cuda" if HAS_GPU else "cpu")
+
+
+def capability() -> tuple[int, int] | None:
+    """Compute capability of the current GPU, e.g. ``(9, 0)`` on an H100; None without a GPU."""
+    return torch.cuda.get_device_capability() if HAS_GPU else None
+
+
+def supports_bf16() -> bool:
+    """bf16 tensor-core math needs compute capability 8.0 (Ampere) or newer.
+
+    ``torch.cuda.is_bf16_supported()`` answers True on a T4 (sm_75) because it
+    can *emulate* bf16; Triton cannot compile bf16 dots there, so we go by the
+    capability. The CPU interpreter handles bf16 elementwise work correctly.
+    """
+    cap = capability()
+    return cap is None or cap >= (8, 0)
+
+
+def default_dtype() -> torch.dtype:
+    """The 16-bit (or 32-bit) type the notebooks compute in on this machine.
+
+    bf16 on Ampere and newer; fp16 on older GPUs (T4, V100); fp32 on the CPU,
+    where the interpreter and PyTorch's CPU kernels are exact and fast enough
+    for the tiny sizes we use there.
+    """
+    if not HAS_GPU:
+        return torch.float32
+    return torch.bfloat16 if supports_bf16() else torch.float16
+
+
+def kernel_dtypes() -> tuple[torch.dtype, ...]:
+    """Dtypes the kernels are tested in on this machine."""
+    if supports_bf16():
+        return (torch.float32, torch.float16, torch.bfloat16)
+    return (torch.float32, torch.float16)
+
+
+def gpu_name() -> str | None:
+    return torch.cuda.get_device_name() if HAS_GPU else None
+
+
+def triton_version() -> str:
+    import triton  # imported here, after TRITON_INTERPRET is settled
+
+    return triton.__version__
+
+
+def describe() -> str:
+    """One line about this machine, for the top of every notebook."""
+    versions = f"torch {torch.__version__} · triton {triton_version()} · Python {platform.python_version()}"
+    if not HAS_GPU:
+        return f"CPU only, no CUDA GPU: Triton kernels run in the interpreter · {versions}"
+    props = torch.cuda.get_device_properties(torch.cuda.current_device())
+    major, minor = props.major, props.minor
+    mem = props.total_memory / 2**30
+    return (
+        f"{props.name} (sm_{major}{minor}, {props.multi_processor_count} SMs, {mem:.1f} GiB) "
+        f"· Triton kernels compiled · {versions}"
+    )
+
+
+# ----------------------------------------------------------------------------
+# Problem-size profiles
+# ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Profile:
+    """Problem sizes for notebooks: tiny on the CPU, realistic on a GPU.
+
+    ``live`` says whether timings on this machine mean anything; without a
+    GPU the notebooks show the shipped reference measurements instead.
+    """
+
+    name: str
+    live: bool
+    #: buffer sizes (bytes) for bandwidth sweeps
+    copy_sizes: tuple[int, ...]
+    #: square matrix sizes n for n×n×n matmul sweeps
+    matmul_sizes: tuple[int, ...]
+    #: element count for vector examples
+    vector_n: int
+    extra: dict = field(default_factory=dict)
+
+
+def _pow2_range(lo: int, hi: int) -> tuple[int, ...]:
+    out, n = [], lo
+    while n <= hi:
+        out.append(n)
+        n *= 2
+    return tuple(out)
+
+
+PROFILES: dict[str, Profile] = {
+    # The interpreter runs one Triton program at a time: keep everything tiny.
+    "cpu": Profile("cpu", live=False, copy_sizes=_pow2_range(2**12, 2**16),
+                   matmul_sizes=(16, 32, 64), vector_n=1000),
+    # 16 GB-class GPUs (T4, L4, Colab's free tier): the sweeps stop at 1 GiB buffers.
+    "gpu-small": Profile("gpu-small", live=True, copy_sizes=_pow2_range(2**14, 2**30),
+                         matmul_sizes=(256, 512, 1024, 2048, 4096), vector_n=2**24),
+    # 40 GB and up (A100, H100, H200, B200).
+    "gpu-large": Profile("gpu-large", live=True, copy_sizes=_pow2_range(2**14, 2**31),
+                         matmul_sizes=(256, 512, 1024, 2048, 4096, 8192), vector_n=2**26),
+}
+
+
+def profile() -> Profile:
+    """The profile for this machine; ``INFER_LIB_PROFILE`` (cpu, gpu-small, gpu-large) overrides it."""
+    forced = os.environ.get("INFER_LIB_PROFILE")
+    if forced:
+        if forced not in PROFILES:
+            raise ValueError(
+                f"INFER_LIB_PROFILE={forced!r} is not a profile; choose one of {sorted(PROFILES)}"
+            )
+        chosen = PROFILES[forced]
+        if chosen.live and not HAS_GPU:
+            raise ValueError(f"INFER_LIB_PROFILE={forced!r} needs a CUDA GPU and this machine has none")
+        return chosen
+    if not HAS_GPU:
+        return PROFILES["cpu"]
+    mem_gib = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory / 2**30
+    return PROFILES["gpu-large" if mem_gib >= 32 else "gpu-small"]

@@ -1,0 +1,144 @@
+"""Exercises with automatic checks, the same mechanism in every chapter.
+
+The convention (the README's contributor section says it too):
+
+1. A markdown cell states the exercise: ``**Exercise 1.2** — ...``.
+2. The reader's cell, tagged ``exercise`` and ``raises-exception``: the answer
+   is ``...`` (Ellipsis) or a function whose body raises
+   ``NotImplementedError``, followed by a call to a check from this module.
+   Until it is filled in, the check raises ``NotImplementedError`` — which
+   nbval and the book build expect, thanks to the ``raises-exception`` tag.
+3. The solution cell, tagged ``solution`` and ``hide-input``: the worked
+   answer and the *same* check. The website folds it behind a "show" toggle;
+   ``make student`` removes it for the student edition; CI runs it and the
+   check must pass.
+
+Checks never just say "wrong": they compare with the expected value, recognise
+the usual slips (a factor of 2, 8, 1000 or 1024; an answer that is not rounded
+up) and say what to look at.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Iterable, Sequence
+
+import torch
+
+
+class ExerciseNotDone(NotImplementedError):
+    """Raised by a check when the reader has not filled in the answer yet."""
+
+
+def _not_done(name: str) -> ExerciseNotDone:
+    return ExerciseNotDone(f"{name}: replace the `...` with your answer, then run the cell again.")
+
+
+# Common slips, as ratios answer / expected, with what to look at.
+_FACTOR_HINTS: tuple[tuple[float, str], ...] = (
+    (2.0, "off by a factor of 2 — bytes per 16-bit value are 2; a multiply-add counts as 2 FLOPs"),
+    (0.5, "off by a factor of 2 — bytes per 16-bit value are 2; a multiply-add counts as 2 FLOPs"),
+    (8.0, "off by a factor of 8 — bits or bytes?"),
+    (1 / 8, "off by a factor of 8 — bits or bytes?"),
+    (1e3, "off by a factor of 1000 — check the unit prefixes (k, M, G, T)"),
+    (1e-3, "off by a factor of 1000 — check the unit prefixes (k, M, G, T)"),
+    (1e6, "off by a factor of a million — check the unit prefixes (M vs T, µs vs s)"),
+    (1e-6, "off by a factor of a million — check the unit prefixes (M vs T, µs vs s)"),
+    (1e9, "off by a factor of 1e9 — is the answer in the unit asked for?"),
+    (1e-9, "off by a factor of 1e9 — is the answer in the unit asked for?"),
+    (1.024**3, "off by 1024³/1000³ — GB (1e9 bytes) and GiB (2**30 bytes) differ by 7%"),
+    (1 / 1.024**3, "off by 1024³/1000³ — GB (1e9 bytes) and GiB (2**30 bytes) differ by 7%"),
+)
+
+
+def _success(name: str, message: str) -> bool:
+    print(f"✅ {name}: correct. {message}".rstrip())
+    return True
+
+
+def check_number(answer, expected: float, *, name: str, unit: str = "", rel: float = 0.02,
+                 integer: bool = False, mistakes: Iterable[tuple[float, str]] = (),
+                 explain: str = "") -> bool:
+    """Check a numeric answer against ``expected`` within relative tolerance ``rel``.
+
+    ``integer=True`` asks for a whole number (a count of GPUs, a batch size).
+    ``mistakes`` lists (value, hint) pairs for wrong answers the author expects,
+    matched before the generic factor hints. ``explain`` is printed on success.
+    """
+    if answer is ... or answer is None:
+        raise _not_done(name)
+    if isinstance(answer, torch.Tensor):
+        answer = answer.item()
+    if isinstance(answer, bool) or not isinstance(answer, (int, float)):
+        raise TypeError(f"{name}: expected a number, got {type(answer).__name__} {answer!r}")
+    if not math.isfinite(answer):
+        raise AssertionError(f"{name}: the answer is {answer}; expected a finite number")
+    u = f" {unit}" if unit else ""
+    if integer and float(answer) != int(answer):
+        raise AssertionError(f"{name}: expected a whole number, got {answer}. "
+                             "You cannot buy part of a GPU: round up with math.ceil.")
+    if math.isclose(answer, expected, rel_tol=rel, abs_tol=1e-12):
+        return _success(name, explain)
+    for value, hint in mistakes:
+        if math.isclose(answer, value, rel_tol=rel, abs_tol=1e-12):
+            raise AssertionError(f"{name}: {answer:g}{u} is not right — {hint}")
+    if integer and math.isclose(answer, math.floor(expected), rel_tol=0) and expected != math.floor(expected):
+        raise AssertionError(f"{name}: {answer:g} rounds down; part of the work would not fit — round up.")
+    if integer and answer == math.ceil(expected) - 1:
+        raise AssertionError(f"{name}: {answer:g} is one short — round up, not down.")
+    if expected != 0 and answer != 0:
+        ratio = answer / expected
+        for factor, hint in _FACTOR_HINTS:
+            if math.isclose(ratio, factor, rel_tol=max(rel, 0.02)):
+                raise AssertionError(f"{name}: {answer:g}{u} is {hint}.")
+        direction = "too large" if ratio > 1 else "too small"
+        raise AssertionError(f"{name}: {answer:g}{u} is {direction} by a factor of {ratio:.3g} "
+                             f"(tolerance ±{rel:.0%}). Recheck each factor of the formula and its units.")
+    raise AssertionError(f"{name}: got {answer:g}{u}, which is not within ±{rel:.0%} of the expected value.")
+
+
+def check_choice(answer, expected, *, name: str, options: Sequence, why: dict | None = None,
+                 explain: str = "") -> bool:
+    """Check a multiple-choice answer; ``why`` maps each wrong option to the reason it is wrong."""
+    if answer is ... or answer is None:
+        raise _not_done(name)
+    if answer not in options:
+        raise ValueError(f"{name}: {answer!r} is not one of the options {list(options)}")
+    if answer == expected:
+        return _success(name, explain)
+    reason = (why or {}).get(answer, "")
+    raise AssertionError(f"{name}: {answer!r} is not right. {reason}".rstrip())
+
+
+def check_function(fn: Callable, reference: Callable, cases: Sequence[tuple], *, name: str,
+                   atol: float = 1e-6, rtol: float = 1e-5, explain: str = "") -> bool:
+    """Check a function the reader wrote against ``reference`` on each tuple of arguments in ``cases``.
+
+    A function that still raises ``NotImplementedError`` counts as not done yet.
+    """
+    for args in cases:
+        try:
+            got = fn(*args)
+        except NotImplementedError as err:
+            raise _not_done(name) from err
+        want = reference(*args)
+        shown = ", ".join(_short(a) for a in args)
+        if isinstance(want, torch.Tensor):
+            if not isinstance(got, torch.Tensor):
+                raise AssertionError(f"{name}({shown}): expected a tensor, got {type(got).__name__}")
+            if got.shape != want.shape:
+                raise AssertionError(f"{name}({shown}): shape {tuple(got.shape)}, expected {tuple(want.shape)}")
+            try:
+                torch.testing.assert_close(got.float(), want.float(), atol=atol, rtol=rtol)
+            except AssertionError as err:
+                raise AssertionError(f"{name}({shown}): values differ from the reference.\n{err}") from None
+        else:
+            if not math.isclose(float(got), float(want), rel_tol=rtol, abs_tol=atol):
+                raise AssertionError(f"{name}({shown}) returned {got!r}, expected {want!r}")
+    return _success(name, explain)
+
+
+def _short(a) -> str:
+    if isinstance(a, torch.Tensor):
+        return f"tensor{tuple(a.shape)}:{str(a.dtype).removeprefix('torch.')}"
+    return repr(a)

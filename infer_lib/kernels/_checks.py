@@ -1,0 +1,42 @@
+"""Input checks shared by the launchers: messages a learner can act on."""
+
+from __future__ import annotations
+
+import torch
+
+SUPPORTED_FLOAT = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _names(dtypes) -> str:
+    return ", ".join(str(d).removeprefix("torch.") for d in dtypes)
+
+
+def check_tensor(op: str, name: str, t, *, dtypes=SUPPORTED_FLOAT, ndim: int | None = None) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype not in dtypes:
+        raise TypeError(f"{op}: {name} has dtype {str(t.dtype).removeprefix('torch.')}; "
+                        f"supported dtypes are {_names(dtypes)}")
+    if ndim is not None and t.dim() != ndim:
+        raise ValueError(f"{op}: {name} must be {ndim}-D, got shape {tuple(t.shape)}")
+    if t.device.type not in ("cuda", "cpu"):
+        raise ValueError(f"{op}: {name} is on {t.device}; use a CUDA tensor (or a CPU tensor without a GPU)")
+    from .. import device
+
+    if device.HAS_GPU and t.device.type != "cuda":
+        raise ValueError(f"{op}: {name} is on the CPU but this machine has a GPU; Triton kernels "
+                         f"run on CUDA tensors here — move it with .cuda()")
+    if not device.HAS_GPU and t.device.type != "cpu":
+        raise ValueError(f"{op}: {name} is on {t.device} but no GPU is available")
+
+
+def check_same(op: str, **tensors) -> None:
+    """All tensors on one device and of one dtype."""
+    items = list(tensors.items())
+    (n0, t0) = items[0]
+    for n, t in items[1:]:
+        if t.device != t0.device:
+            raise ValueError(f"{op}: {n0} is on {t0.device} but {n} is on {t.device}; put them on one device")
+        if t.dtype != t0.dtype:
+            raise TypeError(f"{op}: {n0} is {str(t0.dtype).removeprefix('torch.')} but {n} is "
+                            f"{str(t.dtype).removeprefix('torch.')}; cast them to one dtype")

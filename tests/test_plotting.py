@@ -1,0 +1,24 @@
+import matplotlib
+
+matplotlib.use("Agg")
+
+import pytest  # noqa: E402
+
+from infer_lib import plotting  # noqa: E402
+
+
+def test_axis_labels_need_units():
+    with pytest.raises(ValueError, match="has no unit"):
+        plotting.figure("t", xlabel="size", ylabel="time (µs)")
+
+
+def test_legend_says_where_numbers_come_from():
+    fig, ax = plotting.figure("t", xlabel="buffer size (bytes)", ylabel="bandwidth (GB/s)", logx=True)
+    prov = {"gpu": "NVIDIA H100 80GB HBM3", "date": "2026-11-26"}
+    plotting.series(ax, [1, 2], [3, 4], label="copy", source=plotting.reference(prov))
+    plotting.hline(ax, 3350, label="HBM3 peak", source=plotting.datasheet("H100 SXM"))
+    plotting.bytes_formatter(ax)
+    plotting.finish(ax, note="median of CUDA-graph replays")
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["copy [reference: NVIDIA H100 80GB HBM3, 2026-11-26]", "HBM3 peak [datasheet: H100 SXM]"]
+    assert ax.get_xscale() == "log"

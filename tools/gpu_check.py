@@ -1,0 +1,160 @@
+"""The GPU check, in one command: ``python tools/gpu_check.py OUTDIR PART [PART ...]``.
+
+Run on a machine with a CUDA GPU (it may have no network). Parts, each a few
+minutes at most, run in the order given:
+
+  env                  the GPU, driver, torch, triton (always run first)
+  tests [-k EXPR]      the unit tests, kernels *compiled* on the GPU (no interpreter)
+  notebooks [NN ...]   execute the chapters (all, or those numbered NN) top to bottom in a
+                       fresh kernel (nbclient: any error fails, except in cells tagged
+                       raises-exception, as under nbval --nbval-lax), saving the executed copies
+  data                 chapter measurement sweeps -> <topic>_<gpu>.json
+  bench [NAME ...]     python -m infer_lib.bench (all kernels, or the NAMEs)
+
+Everything lands in OUTDIR/gpu_check.tar.gz: log.txt (all output), junit XML,
+the bench JSON, the data files and the executed notebooks. Jupyter packages
+missing on the machine are installed from ./wheels (``make wheels`` downloads
+them for Python 3.12) without network.
+
+Example: python tools/gpu_check.py $OUT tests bench --only vector_add
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PARTS = ("env", "tests", "notebooks", "data", "bench")
+NOTEBOOK_PKGS = ("nbclient", "ipykernel", "ipywidgets", "nbformat")
+
+
+EXECUTE = """
+import sys, time, nbformat
+from nbclient import NotebookClient
+src, dst = sys.argv[1], sys.argv[2]
+nb = nbformat.read(src, as_version=4)
+t0 = time.time()
+try:
+    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": "chapters"}}).execute()
+finally:
+    nbformat.write(nb, dst)
+print(f"executed {src} in {time.time() - t0:.0f} s")
+"""
+
+
+class Log:
+    def __init__(self, path: Path):
+        self.f = path.open("a")
+
+    def __call__(self, msg: str) -> None:
+        print(msg, flush=True)
+        self.f.write(msg + "\n")
+        self.f.flush()
+
+    def run(self, cmd: list[str], **kw) -> int:
+        self(f"$ {' '.join(cmd)}")
+        t0 = time.time()
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT, **kw)
+        for line in proc.stdout:
+            sys.stdout.write(line)
+            self.f.write(line)
+        rc = proc.wait()
+        self(f"# exit {rc} after {time.time() - t0:.0f} s")
+        return rc
+
+
+def split_parts(argv: list[str]) -> list[tuple[str, list[str]]]:
+    parts: list[tuple[str, list[str]]] = []
+    for a in argv:
+        if a in PARTS:
+            parts.append((a, []))
+        elif parts:
+            parts[-1][1].append(a)
+        else:
+            raise SystemExit(f"gpu_check: {a!r} is not a part; parts are {', '.join(PARTS)}")
+    return parts
+
+
+def ensure_notebook_packages(log: Log) -> None:
+    missing = [p for p in NOTEBOOK_PKGS if importlib.util.find_spec(p) is None]
+    if not missing:
+        return
+    wheels = ROOT / "wheels"
+    if not wheels.is_dir():
+        raise SystemExit(f"gpu_check: {missing} missing and no ./wheels folder; run `make wheels` and carry it")
+    log.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--find-links", str(wheels), *missing])
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) < 2:
+        print(__doc__)
+        return 2
+    out = Path(argv[0]).resolve()
+    parts = split_parts(argv[1:])
+    work = out / "gpu_check"
+    work.mkdir(parents=True, exist_ok=True)
+    log = Log(work / "log.txt")
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    env.pop("TRITON_INTERPRET", None)
+    failures = []
+
+    log("== env")
+    log.run(["nvidia-smi"], env=env)
+    code = ("import infer_lib, torch; from infer_lib import device; print(device.describe()); "
+            "assert device.HAS_GPU and not device.INTERPRET, 'no GPU: this check needs one'")
+    if log.run([sys.executable, "-c", code], env=env):
+        return 1
+
+    for part, args in parts:
+        log(f"== {part} {' '.join(args)}")
+        if part == "env":
+            continue
+        if part == "tests":
+            rc = log.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-n", "8",
+                          f"--junitxml={work / 'junit_tests.xml'}", "tests", *args], env=env)
+        elif part == "notebooks":
+            ensure_notebook_packages(log)
+            chapters = sorted((ROOT / "chapters").glob("[0-9][0-9]_*.ipynb"))
+            if args:
+                chapters = [c for c in chapters if c.name[:2] in args]
+            executed = work / "notebooks"
+            executed.mkdir(exist_ok=True)
+            rc = 0
+            for nb in chapters:
+                # nbclient runs every cell in a fresh kernel and stops at the first error, except in
+                # cells tagged raises-exception (the exercise stubs) — what nbval --nbval-lax checks —
+                # and keeps the outputs, so we can look at what a reader on this GPU sees.
+                rc |= log.run([sys.executable, "-c", EXECUTE, str(nb), str(executed / nb.name)], env=env)
+        elif part == "data":
+            rc = log.run([sys.executable, "-m", "infer_lib.hardware", "--out-dir", str(work / "data"), *args], env=env)
+        elif part == "bench":
+            import torch  # noqa: F401  (only to name the file after the GPU)
+
+            sys.path.insert(0, str(ROOT))
+            from infer_lib import measure
+
+            extra = ["--only", *args] if args and not args[0].startswith("-") else args
+            rc = log.run([sys.executable, "-m", "infer_lib.bench", "--out",
+                          str(work / f"bench_{measure.gpu_key()}.json"), *extra], env=env)
+        if rc:
+            failures.append(part)
+
+    log(f"== done: {'FAILED ' + ', '.join(failures) if failures else 'all parts passed'}")
+    log.f.close()
+    archive = out / "gpu_check.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(work, arcname="gpu_check")
+    shutil.rmtree(work)
+    print(f"wrote {archive}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
