@@ -117,7 +117,9 @@ def main(argv: list[str]) -> int:
         if part == "env":
             continue
         if part == "tests":
-            rc = log.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-n", "8",
+            ensure_notebook_packages(log)  # tests/test_notebooks.py reads the chapters with nbformat
+            rc = log.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-p", "no:benchmark",
+                          "-n", "8",
                           f"--junitxml={work / 'junit_tests.xml'}", "tests", *args], env=env)
         elif part == "notebooks":
             ensure_notebook_packages(log)
