@@ -114,8 +114,9 @@ def problems(path: Path, cfg: dict | None = None) -> list[str]:
     if len(solutions) != len(exercises):
         out.append(f"{name}: {len(exercises)} exercise cells but {len(solutions)} solution cells")
     for c in exercises:
-        if "raises-exception" not in _tags(c) or c.cell_type != "code":
-            out.append(f"{name}: exercise cell {c.source[:40]!r} must be code tagged raises-exception")
+        if not {"raises-exception", "remove-output"} <= set(_tags(c)) or c.cell_type != "code":
+            out.append(f"{name}: exercise cell {c.source[:40]!r} must be code tagged raises-exception "
+                       "and remove-output")
     for c in solutions:
         if "hide-input" not in _tags(c) or c.cell_type != "code":
             out.append(f"{name}: solution cell {c.source[:40]!r} must be code tagged hide-input")

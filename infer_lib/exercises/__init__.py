@@ -3,15 +3,21 @@
 The convention (the README's contributor section says it too):
 
 1. A markdown cell states the exercise: ``**Exercise 1.2** — ...``.
-2. The reader's cell, tagged ``exercise`` and ``raises-exception``: the answer
-   is ``...`` (Ellipsis) or a function whose body raises
-   ``NotImplementedError``, followed by a call to a check from this module.
-   Until it is filled in, the check raises ``NotImplementedError`` — which
-   nbval and the book build expect, thanks to the ``raises-exception`` tag.
+2. The reader's cell, tagged ``exercise``, ``raises-exception`` and
+   ``remove-output``: the answer is ``...`` (Ellipsis) or a function whose body
+   raises ``NotImplementedError``, followed by the chapter's check, e.g.
+   ``ch01.gpus_for_weights(answer)``. Until it is filled in, the check raises
+   ``NotImplementedError`` — which nbval and the book build expect, thanks to
+   the ``raises-exception`` tag; the website hides that traceback.
 3. The solution cell, tagged ``solution`` and ``hide-input``: the worked
    answer and the *same* check. The website folds it behind a "show" toggle;
    ``make student`` removes it for the student edition; CI runs it and the
    check must pass.
+
+The checks of each chapter live in ``infer_lib/exercises/chNN.py``: they
+compute the expected answer from the spec table or a measurement file, so the
+reader's cell does not give the answer away and no number is typed twice.
+They are built from the generic checks of this module.
 
 Checks never just say "wrong": they compare with the expected value, recognise
 the usual slips (a factor of 2, 8, 1000 or 1024; an answer that is not rounded
@@ -65,6 +71,7 @@ def check_number(answer, expected: float, *, name: str, unit: str = "", rel: flo
     ``mistakes`` lists (value, hint) pairs for wrong answers the author expects,
     matched before the generic factor hints. ``explain`` is printed on success.
     """
+    __tracebackhide__ = True  # IPython and pytest show the reader's cell, not this frame
     if answer is ... or answer is None:
         raise _not_done(name)
     if isinstance(answer, torch.Tensor):
@@ -100,6 +107,7 @@ def check_number(answer, expected: float, *, name: str, unit: str = "", rel: flo
 def check_choice(answer, expected, *, name: str, options: Sequence, why: dict | None = None,
                  explain: str = "") -> bool:
     """Check a multiple-choice answer; ``why`` maps each wrong option to the reason it is wrong."""
+    __tracebackhide__ = True
     if answer is ... or answer is None:
         raise _not_done(name)
     if answer not in options:
@@ -116,6 +124,7 @@ def check_function(fn: Callable, reference: Callable, cases: Sequence[tuple], *,
 
     A function that still raises ``NotImplementedError`` counts as not done yet.
     """
+    __tracebackhide__ = True
     for args in cases:
         try:
             got = fn(*args)
