@@ -4,7 +4,6 @@ import torch
 from conftest import DTYPES, TOLERANCES, poison
 from infer_lib import device
 from infer_lib.kernels import vector_add, vector_add_ref
-from infer_lib.kernels import vector_add as va_module  # noqa: F401
 
 SHAPES = [(1,), (7,), (4096,), (4097,), (98_431,), (3, 423, 213)]
 

@@ -4,11 +4,13 @@ Run on a machine with a CUDA GPU (it may have no network). Parts, each a few
 minutes at most, run in the order given:
 
   env                  the GPU, driver, torch, triton (always run first)
-  tests [-k EXPR]      the unit tests, kernels *compiled* on the GPU (no interpreter)
+  tests [ARGS]         the unit tests (or the test files named in ARGS), kernels *compiled* on
+                       the GPU (no interpreter); ARGS go to pytest, e.g. -k matmul
   notebooks [NN ...]   execute the chapters (all, or those numbered NN) top to bottom in a
                        fresh kernel (nbclient: any error fails, except in cells tagged
                        raises-exception, as under nbval --nbval-lax), saving the executed copies
-  data                 chapter measurement sweeps -> <topic>_<gpu>.json
+  data [MODULE ...]    chapter measurement sweeps -> <topic>_<gpu>.json (all DATA_MODULES,
+                       or the modules named)
   bench [NAME ...]     python -m infer_lib.bench (all kernels, or the NAMEs)
 
 Everything lands in OUTDIR/gpu_check.tar.gz: log.txt (all output), junit XML,
@@ -32,6 +34,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PARTS = ("env", "tests", "notebooks", "data", "bench")
+#: modules whose ``python -m MODULE --out-dir DIR`` writes the chapters' measurement files
+DATA_MODULES = ("infer_lib.hardware", "infer_lib.bottlenecks")
 NOTEBOOK_PKGS = ("nbclient", "ipykernel", "ipywidgets", "nbformat")
 
 
@@ -120,7 +124,8 @@ def main(argv: list[str]) -> int:
             ensure_notebook_packages(log)  # tests/test_notebooks.py reads the chapters with nbformat
             rc = log.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-p", "no:benchmark",
                           "-n", "8",
-                          f"--junitxml={work / 'junit_tests.xml'}", "tests", *args], env=env)
+                          f"--junitxml={work / 'junit_tests.xml'}",
+                          *([] if any(a.endswith(".py") for a in args) else ["tests"]), *args], env=env)
         elif part == "notebooks":
             ensure_notebook_packages(log)
             chapters = sorted((ROOT / "chapters").glob("[0-9][0-9]_*.ipynb"))
@@ -135,7 +140,9 @@ def main(argv: list[str]) -> int:
                 # and keeps the outputs, so we can look at what a reader on this GPU sees.
                 rc |= log.run([sys.executable, "-c", EXECUTE, str(nb), str(executed / nb.name)], env=env)
         elif part == "data":
-            rc = log.run([sys.executable, "-m", "infer_lib.hardware", "--out-dir", str(work / "data"), *args], env=env)
+            rc = 0
+            for module in (args or DATA_MODULES):
+                rc |= log.run([sys.executable, "-m", module, "--out-dir", str(work / "data")], env=env)
         elif part == "bench":
             import torch  # noqa: F401  (only to name the file after the GPU)
 

@@ -13,6 +13,7 @@ import torch
 from .. import device
 from ..kernels import vector_add
 from .core import Case
+from .matmul_cases import batch_sweep, matmul_cases
 
 
 def _randn(*shape, dtype):
@@ -86,4 +87,6 @@ CASES = {
     "copy": copy_cases,
     "cublas": cublas_cases,
     "vector_add": vector_add_cases,
+    "matmul": matmul_cases,
+    "matmul_batch_sweep": batch_sweep,
 }

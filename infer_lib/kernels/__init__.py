@@ -6,6 +6,7 @@ launcher that checks its inputs.
 """
 
 from .. import device as _device  # noqa: F401  (TRITON_INTERPRET before triton)
+from .matmul import matmul, matmul_ref
 from .vector_add import vector_add, vector_add_ref
 
-__all__ = ["vector_add", "vector_add_ref"]
+__all__ = ["matmul", "matmul_ref", "vector_add", "vector_add_ref"]

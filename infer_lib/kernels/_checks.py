@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from .. import device
+
 SUPPORTED_FLOAT = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -21,8 +23,6 @@ def check_tensor(op: str, name: str, t, *, dtypes=SUPPORTED_FLOAT, ndim: int | N
         raise ValueError(f"{op}: {name} must be {ndim}-D, got shape {tuple(t.shape)}")
     if t.device.type not in ("cuda", "cpu"):
         raise ValueError(f"{op}: {name} is on {t.device}; use a CUDA tensor (or a CPU tensor without a GPU)")
-    from .. import device
-
     if device.HAS_GPU and t.device.type != "cuda":
         raise ValueError(f"{op}: {name} is on the CPU but this machine has a GPU; Triton kernels "
                          f"run on CUDA tensors here — move it with .cuda()")

@@ -1,0 +1,92 @@
+"""Benchmark cases of chapter 3: the tiled Triton matmul against cuBLAS, and the
+batch sweep of a linear layer ``X (B×d) @ W (d×d)``.
+
+Counts are the roofline's minimum: ``2·M·N·K`` FLOPs; ``(M·K + K·N + M·N)``
+elements moved (each input read once, the output written once). Both
+generators are registered in ``cases.CASES`` as ``matmul`` and
+``matmul_batch_sweep``.
+
+Correctness before timing: ours is compared with ``torch.matmul`` (cuBLAS),
+both accumulating in fp32 and rounding to 16 bits at the end, so most elements
+agree to an ulp; cuBLAS may split K and reduce partial sums in 16 bits
+(PyTorch allows it by default), which adds a few ulps of partial sums of size
+~√K. The tolerance is therefore relative to the typical output size: √K for
+N(0, 1) inputs, 1 in the batch sweep, whose weights are scaled by 1/√d. A
+missing K slab (an error of ~√BLOCK_K in those units of √K) still fails it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .. import device
+from ..kernels.matmul import matmul
+from .core import Case
+
+#: dtype → (atol per unit of typical output size, rtol) for ours against cuBLAS
+_TOL = {torch.bfloat16: (2e-2, 2e-2), torch.float16: (5e-3, 5e-3), torch.float32: (1e-3, 1e-3)}
+
+
+def _dname(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _dtypes() -> list[torch.dtype]:
+    # bf16 needs sm_80 (a T4 has none); the limits are measured for kernel_dtypes() only.
+    return [dt for dt in (torch.bfloat16, torch.float16) if dt in device.kernel_dtypes()]
+
+
+def _mm_case(kernel: str, label: str, params: dict, M: int, N: int, K: int, dtype: torch.dtype,
+             a: torch.Tensor, b: torch.Tensor, out_scale: float) -> Case:
+    """``out_scale``: the typical size of an output element (√K for N(0, 1) inputs)."""
+    s = dtype.itemsize
+    atol, rtol = _TOL[dtype]
+    return Case(
+        kernel=kernel, case=label, params=params, unit="TFLOP/s",
+        bytes=(M * K + K * N + M * N) * s,  # a and b read once, c written once
+        flops=2 * M * N * K,
+        ours=("triton matmul", lambda a=a, b=b: matmul(a, b)),
+        peers=[("torch.matmul (cuBLAS)", lambda a=a, b=b: torch.matmul(a, b))],
+        limit=f"matmul:{_dname(dtype)}",
+        atol=atol * out_scale, rtol=rtol,
+    )
+
+
+def matmul_cases(smoke: bool) -> list[Case]:
+    """Ours vs cuBLAS at n³ for n = 1024, 4096, 8192 and the decode-like
+    ``M = 16, N = K = 8192`` (one token for each of 16 sequences through an
+    8192-wide layer); tiny sizes under ``smoke``."""
+    n_cubed = (32, 64) if smoke else (1024, 4096, 8192)
+    skinny = (16, 64, 64) if smoke else (16, 8192, 8192)
+    out = []
+    for dtype in _dtypes():
+        shapes = [(n, n, n) for n in n_cubed] + [skinny]
+        for M, N, K in shapes:
+            a = torch.randn(M, K, device=device.DEVICE, dtype=dtype)
+            b = torch.randn(K, N, device=device.DEVICE, dtype=dtype)
+            label = f"{M}³ {_dname(dtype)}" if M == N == K else f"M={M} N={N} K={K} {_dname(dtype)}"
+            out.append(_mm_case("matmul", label, {"M": M, "N": N, "K": K, "dtype": _dname(dtype)},
+                                M, N, K, dtype, a, b, out_scale=math.sqrt(K)))
+    return out
+
+
+def batch_sweep(smoke: bool) -> list[Case]:
+    """Chapter 3's measurement: ``X (B×d) @ W (d×d)`` at ``d = 8192`` for
+    ``B = 1, 2, 4, …, 4096`` (smoke: ``d = 64``, ``B = 1, 8, 64``), ours vs
+    cuBLAS, in bf16 (fp16 where there is no bf16). The time stays flat while the
+    weights dominate the traffic and grows linearly once the product is
+    compute-bound; the knee is the critical batch size
+    (``infer_lib.roofline.critical_batch_size``)."""
+    d = 64 if smoke else 8192
+    batches = (1, 8, 64) if smoke else tuple(2**i for i in range(13))  # 1 … 4096
+    dtype = torch.bfloat16 if device.supports_bf16() else torch.float16
+    # (d, d), shared by every B; scaled by 1/√d like a trained layer's weights, so outputs are ~N(0, 1)
+    W = torch.randn(d, d, device=device.DEVICE, dtype=dtype) / math.sqrt(d)
+    out = []
+    for B in batches:
+        X = torch.randn(B, d, device=device.DEVICE, dtype=dtype)  # (B, d)
+        out.append(_mm_case("matmul_batch_sweep", f"B={B} d={d} {_dname(dtype)}",
+                            {"B": B, "d": d, "dtype": _dname(dtype)}, B, d, d, dtype, X, W, out_scale=1.0))
+    return out
