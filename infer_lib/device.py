@@ -12,6 +12,7 @@ notebooks use, and a one-line description of the machine.
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import sys
@@ -43,9 +44,17 @@ INTERPRET: bool = os.environ.get("TRITON_INTERPRET") == "1"
 DEVICE: torch.device = torch.device("cuda" if HAS_GPU else "cpu")
 
 
+@functools.lru_cache(maxsize=None)
+def _capability(index: int) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(index)
+
+
 def capability() -> tuple[int, int] | None:
-    """Compute capability of the current GPU, e.g. ``(9, 0)`` on an H100; None without a GPU."""
-    return torch.cuda.get_device_capability() if HAS_GPU else None
+    """Compute capability of the current GPU, e.g. ``(9, 0)`` on an H100; None without a GPU.
+
+    Cached per device: launchers ask on every call, and the driver query costs microseconds.
+    """
+    return _capability(torch.cuda.current_device()) if HAS_GPU else None
 
 
 def supports_bf16() -> bool:
