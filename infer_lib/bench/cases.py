@@ -12,6 +12,7 @@ import torch
 
 from .. import device
 from ..kernels import vector_add
+from .attention_cases import flash_attention_cases, softmax_cases
 from .core import Case
 from .matmul_cases import batch_sweep, matmul_cases
 
@@ -89,4 +90,6 @@ CASES = {
     "vector_add": vector_add_cases,
     "matmul": matmul_cases,
     "matmul_batch_sweep": batch_sweep,
+    "softmax": softmax_cases,
+    "flash_attention": flash_attention_cases,
 }

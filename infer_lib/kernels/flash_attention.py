@@ -1,0 +1,341 @@
+"""FlashAttention forward: ``softmax(Q Kᵀ · sm_scale) V`` without writing the scores to HBM.
+
+Math (DESIGN §2): ``q (B, H, S_q, D)``, ``k, v (B, H_kv, S_k, D)``, query head
+``h`` reads key/value head ``h // (H // H_kv)`` (GQA; MQA is ``H_kv = 1``).
+``sm_scale`` defaults to ``1/√D``. With ``causal=True`` query ``i`` sees keys
+``j ≤ i + S_k − S_q`` (aligned bottom-right, as FlashAttention does; SDPA's
+``is_causal`` when ``S_q = S_k``). A query that sees no key returns zeros.
+The fp32 reference is ``infer_lib.reference.attention_ref``.
+
+Algorithm (FlashAttention-2, Dao 2023). One program owns a tile of
+``BLOCK_M`` queries of one (batch, head) and keeps it on chip. It streams the
+keys and values in tiles of ``BLOCK_N`` through SRAM and, for each tile,
+
+    s     = q kᵀ · sm_scale                     (BLOCK_M, BLOCK_N), on chip only
+    m_new = max(m, rowmax(s))                   running row maximum
+    p     = exp(s − m_new)
+    l     = l · exp(m − m_new) + rowsum(p)      running softmax denominator
+    acc   = acc · exp(m − m_new) + p v          running, un-normalised output
+    m     = m_new
+
+and writes ``acc / l`` once at the end. This is the online softmax of
+``softmax.py`` applied to attention: the ``S_q × S_k`` score matrix exists only
+tile by tile, in registers. ``exp`` is computed as ``exp2`` with
+``sm_scale · log2(e)`` folded into one multiply (``exp(x) = 2^(x·log2 e)``;
+``ex2`` is the GPU's native instruction). ``m``, ``l`` and ``acc`` are fp32; the
+two matmuls run on the tensor cores with 16-bit operands and fp32 accumulation.
+
+Causal masking skips work instead of masking it: a query tile stops at the last
+key its last row may see (keys beyond it are never loaded), and only the key
+tiles that straddle the diagonal — or the end of the sequence — are masked
+element by element. All other tiles run a mask-free loop.
+
+Memory traffic: reads q once, k and v once per query tile (from L2 when the
+tiles of one head run together, from HBM otherwise), writes the output once;
+nothing of size ``S_q × S_k`` ever touches HBM. Naive attention writes and
+reads the score matrix several times (``infer_lib.reference.naive_attention``).
+
+References: T. Dao et al., "FlashAttention" (2022), https://arxiv.org/abs/2205.14135;
+T. Dao, "FlashAttention-2" (2023), https://arxiv.org/abs/2307.08691; Triton
+tutorial 06 "Fused attention"
+(https://triton-lang.org/main/getting-started/tutorials/06-fused-attention.html).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from .. import device
+from ._checks import check_tensor
+
+#: log2(e): exp(x) = exp2(x · LOG2E)
+LOG2E = 1.4426950408889634
+SUPPORTED_HEAD_DIMS = (16, 32, 64, 128)
+
+#: Configurations the autotuner tries on a GPU (chosen for the H100; smaller GPUs
+#: keep those whose tiles fit their shared memory). BLOCK_M queries per program,
+#: BLOCK_N keys per step of the loop, num_stages K/V tiles in flight. 128×128
+#: tiles need 8 warps: with 4, ptxas (sm_90, triton 3.7.1) spills registers at
+#: D = 64 and 128.
+HOPPER_CONFIGS = [
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=w, num_stages=s) for w in (4, 8) for s in (2, 3, 4)
+] + [
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 128}, num_warps=8, num_stages=s) for s in (2, 3, 4)
+] + [
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=s) for s in (2, 3)
+]
+#: Tried in order for 16-bit problems too small to be worth autotuning: the first
+#: that fits the GPU's shared memory is used.
+FALLBACK_CONFIGS = [
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=2),
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 32}, num_warps=4, num_stages=2),
+    triton.Config({"BLOCK_M": 32, "BLOCK_N": 32}, num_warps=4, num_stages=1),
+    triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=4, num_stages=1),
+]
+#: fp32 runs its matmuls as exact fp32 FMAs (no tensor cores): small tiles, or the
+#: registers spill (checked with ptxas for sm_80 and sm_90 at D=128). Correct, not fast.
+FP32_CONFIGS = [
+    triton.Config({"BLOCK_M": 16, "BLOCK_N": 32}, num_warps=4, num_stages=2),
+    triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=4, num_stages=1),
+]
+#: The CPU interpreter runs one program at a time, each step costing milliseconds
+#: whatever the tile: 32×32 tiles still give tiny test inputs several tiles to mask.
+INTERPRETER_CONFIG = triton.Config({"BLOCK_M": 32, "BLOCK_N": 32}, num_warps=4, num_stages=1)
+#: Autotune only problems at least this large (S_q · S_k); smaller ones take the
+#: first fitting fallback config, so tests and short prompts do not pay for
+#: compiling and timing every configuration.
+AUTOTUNE_MIN_SCORES = 1024 * 1024
+
+
+def shared_memory_bytes(cfg: triton.Config, head_dim: int, element_size: int) -> int:
+    """Estimate of a config's shared memory: the q tile plus num_stages buffers of k and v tiles."""
+    bm, bn = cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"]
+    return (bm + 2 * max(cfg.num_stages, 1) * bn) * head_dim * element_size
+
+
+def max_shared_memory() -> int:
+    """Shared memory one program may use on this GPU (227 KB on an H100, 99 KB on an L4, 64 KB on a T4)."""
+    if not device.HAS_GPU:
+        return 1 << 30
+    return _max_shared_memory(torch.cuda.current_device())
+
+
+@functools.lru_cache(maxsize=None)
+def _max_shared_memory(index: int) -> int:
+    return triton.runtime.driver.active.utils.get_device_properties(index)["max_shared_mem"]
+
+
+def _first_fitting(configs, head_dim: int, element_size: int, limit: int) -> triton.Config:
+    """The first config whose tiles fit in ``limit`` bytes of shared memory (else the last, smallest)."""
+    for cfg in configs:
+        if shared_memory_bytes(cfg, head_dim, element_size) <= limit:
+            return cfg
+    return configs[-1]
+
+
+def _prune_by_shared_memory(configs, named_args, **kwargs):
+    """The autotuner's pruning hook: drop configs whose tiles overflow this GPU's shared memory."""
+    head_dim = kwargs.get("HEAD_DIM", named_args.get("HEAD_DIM"))
+    esize = named_args["q_ptr"].element_size()
+    limit = max_shared_memory()
+    fitting = [c for c in configs if shared_memory_bytes(c, head_dim, esize) <= limit]
+    return fitting or [_first_fitting(FALLBACK_CONFIGS, head_dim, esize, limit)]
+
+
+@triton.jit
+def _attn_fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn,
+                    offs_m, offs_n, start, end, qk_scale, S_k, diag,
+                    BLOCK_N: tl.constexpr, MASKED: tl.constexpr, IS_CAUSAL: tl.constexpr,
+                    UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    # Key tiles [start, end) in steps of BLOCK_N. MASKED tiles check the end of
+    # the sequence and the causal diagonal; the others need no mask at all.
+    k_ptrs += start * stride_kn
+    v_ptrs += start * stride_vn
+    for start_n in range(start, end, BLOCK_N):
+        cols = start_n + offs_n                                   # key positions (BLOCK_N,)
+        if MASKED:
+            k = tl.load(k_ptrs, mask=cols[:, None] < S_k, other=0.0)
+        else:
+            k = tl.load(k_ptrs)                                   # (BLOCK_N, D), SRAM
+        if UPCAST:
+            k = k.to(tl.float32)
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)  # (BLOCK_M, BLOCK_N) fp32
+        if MASKED:
+            visible = cols[None, :] < S_k
+            if IS_CAUSAL:
+                visible = visible & (cols[None, :] <= offs_m[:, None] + diag)
+            s = tl.where(visible, s, float("-inf"))
+        # Online softmax in base 2: scores scaled by sm_scale·log2(e) (> 0, so
+        # the max of the scaled scores is the scaled max).
+        m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
+        m_shift = m_new
+        if MASKED:
+            # A row that has seen no key yet keeps m = -inf: shift it by 0 instead,
+            # so exp2(-inf) = 0 rather than exp2(-inf - (-inf)) = NaN.
+            m_shift = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.exp2(s * qk_scale - m_shift[:, None])              # (BLOCK_M, BLOCK_N)
+        alpha = tl.exp2(m_i - m_shift)                            # rescales the old l and acc
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None]
+        if MASKED:
+            v = tl.load(v_ptrs, mask=cols[:, None] < S_k, other=0.0)
+        else:
+            v = tl.load(v_ptrs)                                   # (BLOCK_N, D)
+        if UPCAST:
+            acc = tl.dot(p, v.to(tl.float32), acc, input_precision=DOT_PRECISION)
+        else:
+            # p rounded to v's 16-bit type: tensor-core operands, fp32 accumulate
+            acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
+        m_i = m_new
+        k_ptrs += BLOCK_N * stride_kn
+        v_ptrs += BLOCK_N * stride_vn
+    return acc, l_i, m_i
+
+
+# S_q and S_k are not specialised: Triton would otherwise compile a separate
+# kernel for a length of 1, and ptxas crashes (SIGSEGV) on that variant
+# (triton 3.6, H100, seen 2026-11-26 with S_q = 33, S_k = 1).
+@triton.jit(do_not_specialize=["S_q", "S_k"])
+def _flash_attention_kernel(
+    q_ptr, k_ptr, v_ptr, o_ptr, qk_scale,
+    stride_qb, stride_qh, stride_qm, stride_qd,
+    stride_kb, stride_kh, stride_kn, stride_kd,
+    stride_vb, stride_vh, stride_vn, stride_vd,
+    stride_ob, stride_oh, stride_om, stride_od,
+    H, GROUP, S_q, S_k,
+    HEAD_DIM: tl.constexpr, IS_CAUSAL: tl.constexpr, UPCAST: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    # Grid: (query tiles, B·H). Query tiles of one head run side by side, so the
+    # K/V tiles they all read come from L2 after the first. With causal masking
+    # the last query tiles do the most work: launch them first (a shorter tail).
+    pid_m = tl.program_id(0)
+    if IS_CAUSAL:
+        pid_m = tl.num_programs(0) - 1 - pid_m
+    pid_bh = tl.program_id(1)
+    off_b = (pid_bh // H).to(tl.int64)
+    off_h = (pid_bh % H).to(tl.int64)
+    off_hkv = off_h // GROUP                        # GQA/MQA: shared K/V head, not a copy
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+    q_ptrs = q_ptr + off_b * stride_qb + off_h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd
+    k_ptrs = k_ptr + off_b * stride_kb + off_hkv * stride_kh + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd
+    v_ptrs = v_ptr + off_b * stride_vb + off_hkv * stride_vh + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd
+
+    # The q tile stays in registers for the whole loop: read once from HBM.
+    q = tl.load(q_ptrs, mask=offs_m[:, None] < S_q, other=0.0)   # (BLOCK_M, D)
+    if UPCAST:
+        # The interpreter's tl.dot returns garbage for bf16 operands (triton
+        # 3.7.1, 2026-11-26, https://github.com/triton-lang/triton/issues/11584):
+        # on the CPU, run both matmuls in fp32.
+        q = q.to(tl.float32)
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)          # running max (base-2 units)
+    l_i = tl.zeros([BLOCK_M], tl.float32)                         # running sum
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)               # running output
+
+    if IS_CAUSAL:
+        diag = S_k - S_q                  # query i sees keys j <= i + diag (bottom-right)
+        first_row = pid_m * BLOCK_M
+        # keys [0, full_end) are visible to every row of the tile: no mask needed
+        full_end = tl.minimum(tl.maximum(first_row + diag + 1, 0), S_k)
+        full_end = (full_end // BLOCK_N) * BLOCK_N
+        # keys at or beyond `end` are visible to no row of the tile: never loaded
+        end = tl.minimum(tl.maximum(first_row + BLOCK_M + diag, 0), S_k)
+    else:
+        diag = 0
+        full_end = (S_k // BLOCK_N) * BLOCK_N
+        end = S_k
+    acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn,
+                                    offs_m, offs_n, 0, full_end, qk_scale, S_k, diag,
+                                    BLOCK_N, False, IS_CAUSAL, UPCAST, DOT_PRECISION)
+    # the diagonal tiles and the ragged last tile: masked element by element
+    acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn,
+                                    offs_m, offs_n, full_end, end, qk_scale, S_k, diag,
+                                    BLOCK_N, True, IS_CAUSAL, UPCAST, DOT_PRECISION)
+
+    # Normalise once; a row that saw no key has l = 0 and acc = 0: output 0.
+    acc = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
+    o_ptrs = o_ptr + off_b * stride_ob + off_h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od
+    tl.store(o_ptrs, acc.to(o_ptr.dtype.element_ty), mask=offs_m[:, None] < S_q)  # written once
+
+
+_flash_attention_autotuned = triton.autotune(
+    configs=HOPPER_CONFIGS,
+    key=["S_q", "S_k", "HEAD_DIM", "IS_CAUSAL"],   # plus the dtypes, which Triton adds
+    prune_configs_by={"early_config_prune": _prune_by_shared_memory},
+)(_flash_attention_kernel)
+
+
+def _pick_fixed_config(head_dim: int, element_size: int) -> triton.Config:
+    """The config of a launch that is not autotuned."""
+    if device.INTERPRET:
+        return INTERPRETER_CONFIG
+    candidates = FP32_CONFIGS if element_size == 4 else FALLBACK_CONFIGS
+    return _first_fitting(candidates, head_dim, element_size, max_shared_memory())
+
+
+def _check_inputs(q, k, v, sm_scale) -> None:
+    op = "flash_attention"
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        check_tensor(op, name, t)
+    for name, t in (("k", k), ("v", v)):
+        if t.device != q.device:
+            raise ValueError(f"{op}: q is on {q.device} but {name} is on {t.device}; put q, k, v on one device")
+        if t.dtype != q.dtype:
+            raise TypeError(f"{op}: q is {str(q.dtype).removeprefix('torch.')} but {name} is "
+                            f"{str(t.dtype).removeprefix('torch.')}; cast q, k, v to one dtype")
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if t.dim() != 4:
+            layout = "(B, H, S_q, D)" if name == "q" else "(B, H_kv, S_k, D)"
+            raise ValueError(f"{op}: {name} must be 4-D {layout}, got shape {tuple(t.shape)}")
+    if k.shape != v.shape:
+        raise ValueError(f"{op}: k has shape {tuple(k.shape)} but v has shape {tuple(v.shape)}; "
+                         "they must match (B, H_kv, S_k, D)")
+    B, H, _, D = q.shape
+    if k.shape[0] != B:
+        raise ValueError(f"{op}: q has batch B={B} but k and v have B={k.shape[0]}")
+    if k.shape[3] != D:
+        raise ValueError(f"{op}: q has head dim D={D} but k and v have D={k.shape[3]}")
+    H_kv = k.shape[1]
+    if H_kv == 0 or H % H_kv != 0:
+        raise ValueError(f"{op}: H={H} query heads is not a multiple of H_kv={H_kv} key/value heads")
+    if D not in SUPPORTED_HEAD_DIMS:
+        raise ValueError(f"{op}: head dim D={D} unsupported: use a power of two from 16 to 128")
+    if q.dtype == torch.bfloat16 and not device.supports_bf16():
+        raise TypeError(f"{op}: bfloat16 needs compute capability 8.0 or newer and this GPU is "
+                        f"sm_{''.join(map(str, device.capability()))}; use float16")
+    if sm_scale is not None and not sm_scale > 0:
+        raise ValueError(f"{op}: sm_scale must be a positive number, got {sm_scale}")
+
+
+def _launch(q, k, v, out, causal: bool, sm_scale: float, config: triton.Config | None = None):
+    """Run the kernel: autotuned (config None, large 16-bit problems on a GPU) or with ``config``.
+
+    Returns what Triton's launch returns (on a GPU the compiled kernel, whose
+    ``n_regs`` and ``n_spills`` ``tools/tune_attention.py`` prints)."""
+    B, H, S_q, D = q.shape
+    H_kv, S_k = k.shape[1], k.shape[2]
+    fp32 = q.dtype == torch.float32
+    args = (q, k, v, out, sm_scale * LOG2E,
+            *q.stride(), *k.stride(), *v.stride(), *out.stride(),
+            H, H // H_kv, S_q, S_k)
+    meta = dict(HEAD_DIM=D, IS_CAUSAL=bool(causal), UPCAST=device.INTERPRET,
+                # fp32 inputs: exact fp32 products, not TF32 (ignored for 16-bit operands)
+                DOT_PRECISION="ieee" if (fp32 or device.INTERPRET) else "tf32")
+    if config is None and not device.INTERPRET and not fp32 and S_q * S_k >= AUTOTUNE_MIN_SCORES:
+        def grid(meta):
+            return (triton.cdiv(S_q, meta["BLOCK_M"]), B * H)
+        return _flash_attention_autotuned[grid](*args, **meta)
+    if config is None:
+        config = _pick_fixed_config(D, q.element_size())
+    grid = (triton.cdiv(S_q, config.kwargs["BLOCK_M"]), B * H)
+    return _flash_attention_kernel[grid](*args, **meta, **config.kwargs,
+                                         num_warps=config.num_warps, num_stages=config.num_stages)
+
+
+def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False,
+                    sm_scale: float | None = None) -> torch.Tensor:
+    """Attention ``softmax(q kᵀ · sm_scale) v`` with the FlashAttention-2 forward kernel.
+
+    q (B, H, S_q, D); k, v (B, H_kv, S_k, D) with H a multiple of H_kv; D a power
+    of two from 16 to 128; fp16, bf16 or fp32; any strides. ``causal`` masks
+    bottom-right (query i sees keys j ≤ i + S_k − S_q); a query that sees no key
+    returns zeros. ``sm_scale`` defaults to 1/√D. Returns (B, H, S_q, D) in q's dtype.
+    """
+    _check_inputs(q, k, v, sm_scale)
+    B, H, S_q, D = q.shape
+    sm_scale = 1.0 / math.sqrt(D) if sm_scale is None else float(sm_scale)
+    out = torch.empty((B, H, S_q, D), dtype=q.dtype, device=q.device)
+    if out.numel() == 0:
+        return out
+    if k.shape[2] == 0:   # no keys at all: every query sees nothing
+        return out.zero_()
+    _launch(q, k, v, out, causal, sm_scale)
+    return out

@@ -1,0 +1,195 @@
+"""Row softmax over the last dimension: one read and one write of the data.
+
+Math: for a row ``x`` of ``n`` entries,
+``softmax(x)_j = exp(x_j) / Σ_k exp(x_k)``. Computed literally, ``exp``
+overflows for ``x_j`` above ~88 in fp32 (~11 in fp16). Softmax does not change
+when a constant is subtracted from every entry, so we subtract the row maximum
+``m = max_k x_k``: ``softmax(x)_j = exp(x_j − m) / Σ_k exp(x_k − m)``. Now every
+exponent is ≤ 0, every ``exp`` lies in (0, 1], and the sum lies in [1, n] — no
+overflow for any finite input, however large.
+
+Masked entries are ``-inf``: ``exp(-inf − m) = 0``, so they get probability 0
+and the rest of the row is normalised without them. A *fully* masked row (all
+``-inf``) has no well-defined softmax (0/0; ``torch.softmax`` returns NaN). We
+define it as **all zeros**, as FlashAttention does for a query that sees no
+key: such a row contributes nothing downstream instead of spreading NaN.
+``softmax_ref`` below implements the same definition.
+
+The online softmax (Milakov & Gimelshein 2018) processes a row in blocks
+without knowing its maximum in advance. Keep a running maximum ``m`` and a
+running sum ``s = Σ exp(x_k − m)`` over the entries seen so far; for the next
+block ``b``:
+
+    m_new = max(m, max_k b_k)
+    s     = s · exp(m − m_new) + Σ_k exp(b_k − m_new)
+    m     = m_new
+
+The factor ``exp(m − m_new)`` re-expresses the old sum relative to the new
+maximum. After the last block, ``softmax(x)_j = exp(x_j − m) / s``.
+FlashAttention applies the same recurrence to attention scores.
+
+Memory traffic: rows up to ``MAX_FUSED_BLOCK`` = 32768 entries (64 KB in
+16-bit) fit on chip: ``_softmax_kernel`` holds one or more whole rows in
+registers, reads each element once from HBM and writes it once —
+``2 · rows · n · element_size`` bytes, the minimum. Wider rows go through
+``_softmax_online_kernel``: a first pass computes ``m`` and ``s`` block by
+block, a second pass reads the row again to normalise and write it. That
+second read is the price of rows that do not fit (3 passes over the row instead
+of 2; the re-read often comes from L2 when the rows in flight fit in it).
+Arithmetic is done in fp32 whatever the storage type: free in a memory-bound
+kernel.
+
+References: Triton tutorial 02 "Fused softmax"
+(https://triton-lang.org/main/getting-started/tutorials/02-fused-softmax.html);
+M. Milakov, N. Gimelshein, "Online normalizer calculation for softmax" (2018),
+https://arxiv.org/abs/1805.02867.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._checks import check_tensor
+
+#: Widest row (in entries) that ``_softmax_kernel`` keeps whole on chip; wider rows
+#: take the online, two-pass kernel. 32768 values over 16 warps (512 threads) are
+#: 64 fp32 values a thread: ptxas (sm_90, triton 3.7.1) gives 128 registers and
+#: no spills, in 16-bit and fp32 alike.
+MAX_FUSED_BLOCK = 32768
+#: Block of the online kernel's loop over a wide row.
+ONLINE_BLOCK = 8192
+
+
+def softmax_ref(x: torch.Tensor) -> torch.Tensor:
+    """Softmax over the last dim in fp32, cast back; a fully masked (all ``-inf``) row gives zeros."""
+    xf = x.float()
+    m = xf.amax(dim=-1, keepdim=True)
+    m = m.masked_fill(m == float("-inf"), 0.0)      # fully masked row: exp(-inf - 0) = 0 below
+    e = torch.exp(xf - m)
+    s = e.sum(dim=-1, keepdim=True)                 # in [1, n], or 0 for a fully masked row
+    return (e / s.masked_fill(s == 0, 1.0)).to(x.dtype)
+
+
+@triton.jit
+def _softmax_kernel(x_ptr, out_ptr, n_rows, n_cols, stride_x, stride_out,
+                    BLOCK: tl.constexpr, ROWS: tl.constexpr, NUM_STAGES: tl.constexpr):
+    # Each step of the loop owns ROWS whole rows: a (ROWS, BLOCK) tile. With a
+    # grid smaller than the number of tiles the program is persistent and the
+    # loop software-pipelines the next tile's loads under this tile's math.
+    pid = tl.program_id(0)
+    n_tiles = tl.cdiv(n_rows, ROWS)
+    offs_c = tl.arange(0, BLOCK)
+    for tile in tl.range(pid, n_tiles, tl.num_programs(0), num_stages=NUM_STAGES):
+        offs_r = tile * ROWS + tl.arange(0, ROWS)
+        mask = (offs_r[:, None] < n_rows) & (offs_c[None, :] < n_cols)
+        rows = offs_r.to(tl.int64)[:, None]  # int64: row · stride may pass 2**31
+        # Read once from HBM; padding reads as -inf so it gets probability 0.
+        # fp32 from here on (the interpreter's bf16 arithmetic is broken, triton
+        # 3.7.1, 2026-11-26, https://github.com/triton-lang/triton/issues/11584;
+        # on the GPU it costs nothing in a memory-bound kernel).
+        x = tl.load(x_ptr + rows * stride_x + offs_c[None, :], mask=mask,
+                    other=float("-inf")).to(tl.float32)          # (ROWS, BLOCK)
+        m = tl.max(x, axis=1)                                     # (ROWS,)
+        m = tl.where(m == float("-inf"), 0.0, m)                  # fully masked row -> zeros below
+        e = tl.exp(x - m[:, None])                                # in [0, 1]: no overflow
+        s = tl.sum(e, axis=1)                                     # in [1, n], 0 if fully masked
+        out = e * (1.0 / tl.where(s > 0, s, 1.0))[:, None]
+        tl.store(out_ptr + rows * stride_out + offs_c[None, :],
+                 out.to(out_ptr.dtype.element_ty), mask=mask)     # written once
+
+
+@triton.jit
+def _softmax_online_kernel(x_ptr, out_ptr, n_cols, stride_x, stride_out, BLOCK: tl.constexpr):
+    # One program per row that is too wide to hold: two passes over it.
+    row = tl.program_id(0).to(tl.int64)
+    x_row = x_ptr + row * stride_x
+    out_row = out_ptr + row * stride_out
+    offs = tl.arange(0, BLOCK)
+    # Pass 1: running max m and running sum s = Σ exp(x - m), block by block.
+    m = tl.max(tl.full([BLOCK], float("-inf"), tl.float32), axis=0)    # scalar -inf
+    s = tl.sum(tl.zeros([BLOCK], tl.float32), axis=0)                   # scalar 0
+    for start in range(0, n_cols, BLOCK):
+        cols = start + offs
+        x = tl.load(x_row + cols, mask=cols < n_cols, other=float("-inf")).to(tl.float32)
+        m_new = tl.maximum(m, tl.max(x, axis=0))
+        # Until a finite entry has been seen m_new is -inf; shift by 0 instead
+        # (exp(-inf - 0) = 0) so that no -inf - (-inf) = NaN appears.
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        s = s * tl.exp(m - m_safe) + tl.sum(tl.exp(x - m_safe), axis=0)
+        m = m_new
+    m = tl.where(m == float("-inf"), 0.0, m)
+    inv_s = 1.0 / tl.where(s > 0, s, 1.0)                                # fully masked: zeros
+    # Pass 2: read the row again, normalise, write it once.
+    for start in range(0, n_cols, BLOCK):
+        cols = start + offs
+        x = tl.load(x_row + cols, mask=cols < n_cols, other=float("-inf")).to(tl.float32)
+        out = tl.exp(x - m) * inv_s
+        tl.store(out_row + cols, out.to(out_ptr.dtype.element_ty), mask=cols < n_cols)
+
+
+def _fused_config(n_cols: int, element_size: int) -> tuple[int, int, int]:
+    """(BLOCK, ROWS, num_warps) for ``_softmax_kernel``: about 16 KB of input per tile.
+
+    Narrow rows are packed several to a tile so each program has enough loads in
+    flight to cover HBM latency; wide rows get one row and up to 16 warps.
+    ``tools/tune_attention.py`` measures the alternatives on a GPU.
+    """
+    block = max(16, triton.next_power_of_2(n_cols))
+    rows = max(1, min(64, 16384 // (block * element_size)))
+    elems = rows * block
+    num_warps = 4 if elems <= 2048 else 8 if elems <= 8192 else 16
+    return block, rows, num_warps
+
+
+def _launch_fused(x2: torch.Tensor, out2: torch.Tensor, block: int, rows: int, num_warps: int,
+                  num_stages: int = 1, programs: int | None = None):
+    """Run ``_softmax_kernel`` on 2-D ``x2 (n_rows, n_cols)``.
+
+    ``programs`` caps the grid: each program then loops over several tiles
+    (persistent), and ``num_stages`` > 1 prefetches the next tile's rows.
+    """
+    n_rows, n_cols = x2.shape
+    n_tiles = triton.cdiv(n_rows, rows)
+    grid = (n_tiles if programs is None else max(1, min(programs, n_tiles)),)
+    return _softmax_kernel[grid](x2, out2, n_rows, n_cols, x2.stride(0), out2.stride(0),
+                                 BLOCK=block, ROWS=rows, NUM_STAGES=num_stages, num_warps=num_warps)
+
+
+def _launch_online(x2: torch.Tensor, out2: torch.Tensor, block: int = ONLINE_BLOCK, num_warps: int = 16):
+    n_rows, n_cols = x2.shape
+    return _softmax_online_kernel[(n_rows,)](x2, out2, n_cols, x2.stride(0), out2.stride(0),
+                                             BLOCK=block, num_warps=num_warps)
+
+
+def softmax(x: torch.Tensor) -> torch.Tensor:
+    """Softmax over the last dimension of ``x`` (any leading dims), in x's dtype.
+
+    ``-inf`` entries get probability 0; a row that is entirely ``-inf`` gives
+    zeros (``torch.softmax`` gives NaN there). The last dimension must have
+    stride 1; leading dimensions may be strided (rows are addressed through a
+    row stride when they can be merged into one, and copied once otherwise).
+    """
+    check_tensor("softmax", "x", x)
+    if x.dim() == 0:
+        raise ValueError("softmax: x is 0-d (a single number); softmax normalises over the last "
+                         "dimension, so x needs at least one dimension")
+    n_cols = x.shape[-1]
+    if x.numel() > 0 and n_cols > 1 and x.stride(-1) != 1:
+        raise ValueError(f"softmax: the last dimension of x must be contiguous (stride 1), got strides "
+                         f"{tuple(x.stride())}; the kernel reads each row as one run of memory — "
+                         "call .contiguous() first")
+    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    if x.numel() == 0:
+        return out
+    # (rows, n_cols): a view when the leading dims merge into one row stride,
+    # otherwise reshape copies (one extra read and write, outside the kernel).
+    x2 = x.reshape(-1, n_cols)
+    out2 = out.view(-1, n_cols)
+    if n_cols <= MAX_FUSED_BLOCK:
+        block, rows, num_warps = _fused_config(n_cols, x.element_size())
+        _launch_fused(x2, out2, block, rows, num_warps)
+    else:
+        _launch_online(x2, out2)
+    return out
