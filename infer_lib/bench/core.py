@@ -38,6 +38,8 @@ class Case:
     #: tolerances for the pre-timing check of ours against the first peer
     atol: float = 1e-2
     rtol: float = 1e-2
+    #: after timing: what our implementation chose (e.g. the autotuner's tile), kept in the record
+    info: Callable[[], dict] | None = None
 
 
 def sig(x: float, digits: int = 5) -> float:
@@ -120,7 +122,8 @@ def run_case(c: Case, limits: dict, smoke: bool) -> dict:
         "unit": c.unit,
         "bytes": c.bytes,
         "flops": c.flops,
-        "ours": {"impl": c.ours[0], "us": sig(ours_us), "value": sig(ours_value)},
+        "ours": {"impl": c.ours[0], "us": sig(ours_us), "value": sig(ours_value),
+                 **({"info": c.info()} if c.info else {})},
         "peers": peers,
         "speedup": {p["impl"]: sig(p["us"] / ours_us, 4) for p in peers},
         "limit": c.limit,

@@ -22,7 +22,7 @@ import math
 import torch
 
 from .. import device
-from ..kernels.matmul import matmul
+from ..kernels.matmul import best_config, matmul
 from .core import Case
 
 #: dtype → (atol per unit of typical output size, rtol) for ours against cuBLAS
@@ -51,6 +51,7 @@ def _mm_case(kernel: str, label: str, params: dict, M: int, N: int, K: int, dtyp
         peers=[("torch.matmul (cuBLAS)", lambda a=a, b=b: torch.matmul(a, b))],
         limit=f"matmul:{_dname(dtype)}",
         atol=atol * out_scale, rtol=rtol,
+        info=lambda a=a, b=b: {"config": str(best_config(a, b) or "fixed default (not autotuned)")},
     )
 
 

@@ -274,10 +274,19 @@ def _matmul_kernel(
 
 #: The same kernel behind ``triton.autotune``: times the pruned configurations
 #: once per (M, N, K, dtypes) and caches the fastest.
+def _time_config(kernel_call, quantiles):
+    # The autotuner times each configuration from CUDA-graph replays, i.e. the
+    # kernel alone. Timed from eager launches, a small product (1024³ runs in
+    # ~10 µs on an H100) is bound by the Python launch path, every configuration
+    # looks alike and the pick is a coin toss (seen: 0.43x cuBLAS, 2026-11-26).
+    return triton.testing.do_bench_cudagraph(kernel_call, rep=20, quantiles=quantiles)
+
+
 _matmul_kernel_autotuned = triton.autotune(
     configs=HOPPER_CONFIGS + AMPERE_CONFIGS + SMALL_SMEM_CONFIGS,
     key=["M", "N", "K"],
     prune_configs_by={"early_config_prune": _prune},
+    do_bench=_time_config,
 )(_matmul_kernel)
 
 
