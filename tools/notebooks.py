@@ -1,6 +1,6 @@
 """Chapter-notebook housekeeping: ``python tools/notebooks.py {sync,check,student}``.
 
-* ``sync``    — writes the generated cells of every chapter from ``_config.yml``
+* ``sync [NB ...]`` — writes the generated cells of every chapter (or those named) from ``_config.yml``
                 (the one place the repository URL lives): the Colab badge cell
                 (tag ``colab-badge``) and the setup cell (tag ``setup``), and
                 clears outputs (chapters are committed without them).
@@ -142,15 +142,17 @@ def student(out_dir: Path) -> list[Path]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("command", choices=["sync", "check", "student"])
+    ap.add_argument("chapters", nargs="*", type=Path, help="sync or check only these notebooks")
     ap.add_argument("--out", type=Path, default=ROOT / "student")
     args = ap.parse_args(argv)
+    paths = [p.resolve() for p in args.chapters] or chapters()
     if args.command == "sync":
-        for p in chapters():
+        for p in paths:
             sync(p)
             print(f"synced {p.relative_to(ROOT)}")
         return 0
     if args.command == "check":
-        found = [msg for p in chapters() for msg in problems(p)]
+        found = [msg for p in paths for msg in problems(p)]
         print("\n".join(found) or "all chapters follow the conventions")
         return 1 if found else 0
     for p in student(args.out):
