@@ -64,8 +64,12 @@ _STYLE = {
 
 
 def figure(title: str, *, xlabel: str, ylabel: str, logx: bool = False, logy: bool = False,
-           size: tuple[float, float] = (7.0, 4.2)):
-    """A figure with one axis; ``xlabel``/``ylabel`` must name the unit, e.g. ``"time (µs)"``."""
+           size: tuple[float, float] = (7.0, 4.2), base_x: int | None = None):
+    """A figure with one axis; ``xlabel``/``ylabel`` must name the unit, e.g. ``"time (µs)"``.
+
+    ``logx`` uses base 2 for sizes (labels mentioning bytes or size) and base 10
+    otherwise, unless ``base_x`` says which.
+    """
     for lab in (xlabel, ylabel):
         if "(" not in lab and "[" not in lab:
             raise ValueError(f"axis label {lab!r} has no unit: write it as 'quantity (unit)'")
@@ -74,7 +78,7 @@ def figure(title: str, *, xlabel: str, ylabel: str, logx: bool = False, logy: bo
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if logx:
-        ax.set_xscale("log", base=2 if "bytes" in xlabel or "size" in xlabel else 10)
+        ax.set_xscale("log", base=base_x or (2 if "bytes" in xlabel or "size" in xlabel else 10))
     if logy:
         ax.set_yscale("log")
     ax.grid(True, which="major", alpha=0.35)

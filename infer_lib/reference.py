@@ -143,6 +143,7 @@ def naive_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: b
     scores = scores * sm_scale                              # read + written again
     if causal:
         visible = causal_mask(q.shape[2], k.shape[2], device=q.device)
-        scores = scores.masked_fill(~visible, float("-inf"))  # and again
+        # out of place: ATen clones the scores, then fills the copy — two reads and two writes
+        scores = scores.masked_fill(~visible, float("-inf"))
     p = torch.softmax(scores, dim=-1)                       # and again
     return p @ v                                            # read once more
