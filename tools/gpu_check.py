@@ -154,15 +154,20 @@ def main(argv: list[str]) -> int:
                           str(work / f"bench_{measure.gpu_key()}.json"), *extra], env=env)
         if rc:
             failures.append(part)
+        _archive(work, out)  # after every part, so a run cut short still leaves what it did
 
     log(f"== done: {'FAILED ' + ', '.join(failures) if failures else 'all parts passed'}")
     log.f.close()
+    print(f"wrote {_archive(work, out)}")
+    shutil.rmtree(work)
+    return 1 if failures else 0
+
+
+def _archive(work: Path, out: Path) -> Path:
     archive = out / "gpu_check.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(work, arcname="gpu_check")
-    shutil.rmtree(work)
-    print(f"wrote {archive}")
-    return 1 if failures else 0
+    return archive
 
 
 if __name__ == "__main__":
