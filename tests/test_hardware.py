@@ -190,17 +190,14 @@ def test_tiny_sweeps_on_gpu():
 
 
 @pytest.mark.skipif(not device.HAS_GPU, reason="needs a CUDA GPU")
-def test_datasheet_is_a_ceiling_this_gpu_nearly_reaches():
-    spec = hardware.detect()
-    if spec.key not in hardware.SPECS:
-        pytest.skip(f"{spec.name} is not in the table: no datasheet figures to check")
-    # 256 MiB buffers: src and dst together overflow every L2 in the table, so HBM is timed.
-    (copy,) = hardware.measure_copy_bandwidth([2**28])
-    assert 0.5 * spec.bandwidth_GBps < copy["GBps"] < 1.05 * spec.bandwidth_GBps
-    dtype = device.default_dtype()
-    (mm,) = hardware.measure_matmul_flops([4096], dtype)
-    peak = hardware.peak_tflops(spec, dtype)
-    assert 0.3 * peak < mm["TFLOPs"] < 1.05 * peak
+def test_microbenchmarks_return_their_units():
+    # Tests hold correctness, not speed (benchmarks do that): the records must be
+    # consistent with their own formulas, whatever this GPU's load is.
+    (copy,) = hardware.measure_copy_bandwidth([2**24])
+    assert copy["bytes"] == 2**24 and copy["us"] > 0
+    assert copy["GBps"] == pytest.approx(2 * copy["bytes"] / copy["us"] / 1e3)
+    (mm,) = hardware.measure_matmul_flops([512], device.default_dtype())
+    assert mm["TFLOPs"] == pytest.approx(2 * 512**3 / mm["us"] / 1e6)
 
 
 @pytest.mark.skipif(not device.HAS_GPU, reason="needs a CUDA GPU")
