@@ -59,20 +59,6 @@ STEPS_S = 4096
 RECORD_KEYS = ("S", "impl", "us", "TFLOPs", "peak_bytes")
 STEP_KEYS = ("step", "flops", "bytes", "us")
 
-_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
-
-
-def _dname(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
-
-
-def _dtype(dtype) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype in _DTYPES:
-        return _DTYPES[dtype]
-    raise ValueError(f"unknown dtype {dtype!r}: use a torch dtype or one of {sorted(_DTYPES)}")
-
 
 # ----------------------------------------------------------------------------
 # Counts (run anywhere)
@@ -254,7 +240,7 @@ def sweep(seq_lens=SEQ_LENS, B: int = PARAMS["B"], H: int = PARAMS["H"], D: int 
     as ``{S, impl, reason}``. ``dtype`` defaults to ``device.default_dtype()``.
     """
     measure._require_gpu("sweep")
-    dtype = device.default_dtype() if dtype is None else _dtype(dtype)
+    dtype = device.default_dtype() if dtype is None else device.dtype_from_name(dtype)
     skipped = [] if skipped is None else skipped
     records = []
     for S in seq_lens:
@@ -289,7 +275,7 @@ def time_naive_steps(S: int = STEPS_S, B: int = PARAMS["B"], H: int = PARAMS["H"
     measure._require_gpu("time_naive_steps")
     from .reference import causal_mask
 
-    dtype = device.default_dtype() if dtype is None else _dtype(dtype)
+    dtype = device.default_dtype() if dtype is None else device.dtype_from_name(dtype)
     q, k, v = (torch.randn(B, H, S, D, device=device.DEVICE, dtype=dtype) for _ in range(3))
     sm_scale = 1.0 / math.sqrt(D)
     scores = q @ k.transpose(-2, -1)
@@ -313,7 +299,7 @@ def softmax_sweep(widths, dtype=None, total_bytes: int = 2**28) -> list[dict]:
     measure._require_gpu("softmax_sweep")
     from .kernels import softmax
 
-    dtype = device.default_dtype() if dtype is None else _dtype(dtype)
+    dtype = device.default_dtype() if dtype is None else device.dtype_from_name(dtype)
     esize = roofline.bytes_per_element(dtype)
     out = []
     for width in widths:
@@ -334,7 +320,7 @@ def run(seq_lens=SEQ_LENS, steps_S: int = STEPS_S) -> dict:
     params = dict(PARAMS)
     if not device.supports_bf16():
         params["dtype"] = "float16"
-    dtype = _DTYPES[params["dtype"]]
+    dtype = device.dtype_from_name(params["dtype"])
     skipped: list[dict] = []
     records = sweep(seq_lens, params["B"], params["H"], params["D"], dtype, params["causal"], skipped=skipped)
     steps = time_naive_steps(steps_S, params["B"], params["H"], params["D"], dtype, params["causal"])

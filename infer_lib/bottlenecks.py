@@ -16,8 +16,8 @@ Principles", 2022):
 ``representative_ops`` times a handful of the ops a transformer runs, each
 with its ``roofline.Op`` (FLOPs and minimum bytes), to place on the roofline;
 ``profile_table`` shows where a small MLP block's time goes in
-``torch.profiler``'s table; ``measure_ceilings`` measures the copy bandwidth
-and matmul FLOP/s that make the measured roofline.
+``torch.profiler``'s table. The measured roofline's ceilings (copy bandwidth,
+cuBLAS FLOP/s) come from ``infer_lib.bench.core.measure_limits``, as in the bench.
 
 Everything here times a GPU: without one each function raises RuntimeError
 (timings of the CPU say nothing about GPU performance) and the chapter shows
@@ -90,15 +90,6 @@ def _dtype(dtype: torch.dtype | None) -> torch.dtype:
     return device.default_dtype() if dtype is None else dtype
 
 
-def _dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
-
-
-def _sig(x: float, digits: int = 5) -> float:
-    """Round to significant digits, for compact measurement files."""
-    return float(f"{x:.{digits}g}")
-
-
 def _randn(*shape, dtype):
     return torch.randn(*shape, device=device.DEVICE, dtype=dtype)
 
@@ -122,8 +113,8 @@ def elementwise_sweep(sizes, dtype: torch.dtype | None = None) -> list[dict]:
                                   flops_per_element=FLOPS_PER_ELEMENT["gelu"])
         x = _randn(int(n), dtype=dtype)
         us = measure.bench_us(lambda: F.gelu(x))
-        records.append({"n": int(n), "bytes": int(op.bytes), "us": _sig(us),
-                        "GBps": _sig(op.bytes / us / 1e3)})
+        records.append({"n": int(n), "bytes": int(op.bytes), "us": measure.sig(us),
+                        "GBps": measure.sig(op.bytes / us / 1e3)})
         del x
     return records
 
@@ -145,8 +136,8 @@ def matmul_sweep(sizes, dtype: torch.dtype | None = None) -> list[dict]:
         op = roofline.matmul(int(n), int(n), int(n), dtype)
         a, b = _randn(n, n, dtype=dtype), _randn(n, n, dtype=dtype)
         us = measure.bench_us(lambda: a @ b)
-        records.append({"n": int(n), "flops": int(op.flops), "bytes": int(op.bytes), "us": _sig(us),
-                        "TFLOPs": _sig(op.flops / us / 1e6)})
+        records.append({"n": int(n), "flops": int(op.flops), "bytes": int(op.bytes), "us": measure.sig(us),
+                        "TFLOPs": measure.sig(op.flops / us / 1e6)})
         del a, b
     return records
 
@@ -226,12 +217,12 @@ def launch_overhead(dtype: torch.dtype | None = None, *, numel: int = 1024, n_op
         "numel": int(numel),
         "bytes": int(op.bytes),
         "n_ops": int(n_ops),
-        "eager_wall_us": _sig(eager_wall),
-        "kernel_us": _sig(kernel),
-        "graph_us": _sig(graph_us),
-        "graph_wall_us": _sig(graph_wall),
-        "batched_us": _sig(batched_total / n_ops),
-        "batched_total_us": _sig(batched_total),
+        "eager_wall_us": measure.sig(eager_wall),
+        "kernel_us": measure.sig(kernel),
+        "graph_us": measure.sig(graph_us),
+        "graph_wall_us": measure.sig(graph_wall),
+        "batched_us": measure.sig(batched_total / n_ops),
+        "batched_total_us": measure.sig(batched_total),
     }
 
 
@@ -308,7 +299,7 @@ def representative_ops(dtype: torch.dtype | None = None, *, rows: int = 8192, co
         fn = make()
         us = measure.bench_us(fn)
         records.append({"name": op.name, "kind": kind, "flops": int(op.flops), "bytes": int(op.bytes),
-                        "us": _sig(us)})
+                        "us": measure.sig(us)})
         del fn
     return records
 
@@ -316,28 +307,6 @@ def representative_ops(dtype: torch.dtype | None = None, *, rows: int = 8192, co
 def as_op(record: dict) -> roofline.Op:
     """The ``roofline.Op`` of a record from ``representative_ops`` (or a measurement file)."""
     return roofline.Op(record["name"], record["flops"], record["bytes"])
-
-
-# ----------------------------------------------------------------------------
-# The measured ceilings
-# ----------------------------------------------------------------------------
-
-def measure_ceilings(dtype: torch.dtype | None = None, *, copy_bytes: int = 2**30,
-                     matmul_n: int = 8192) -> dict:
-    """The two ceilings of the measured roofline, as ``python -m infer_lib.bench`` measures them:
-    ``copy_GBps`` (cloning a ``copy_bytes`` buffer, bytes read + written) and
-    ``matmul_TFLOPs`` (cuBLAS ``matmul_n³`` in ``dtype``)."""
-    measure._require_gpu("measure_ceilings")
-    dtype = _dtype(dtype)
-    src = torch.randn(copy_bytes // 4, device=device.DEVICE)
-    copy_us = measure.bench_us(lambda: src.clone())
-    del src
-    a, b = _randn(matmul_n, matmul_n, dtype=dtype), _randn(matmul_n, matmul_n, dtype=dtype)
-    mm_us = measure.bench_us(lambda: a @ b)
-    del a, b
-    return {"copy_GBps": _sig(2 * copy_bytes / copy_us / 1e3), "copy_bytes": int(copy_bytes),
-            "matmul_TFLOPs": _sig(2 * matmul_n**3 / mm_us / 1e6), "matmul_n": int(matmul_n),
-            "dtype": _dtype_name(dtype)}
 
 
 # ----------------------------------------------------------------------------
@@ -495,7 +464,7 @@ def run(dtype: torch.dtype | None = None, profile: device.Profile | None = None)
     sz = sizes(prof)
     return {
         "provenance": measure.provenance(),
-        "dtype": _dtype_name(dtype),
+        "dtype": device.dtype_name(dtype),
         "profile": prof.name,
         "timing": "triton.testing.do_bench, L2 flushed, median (µs); *_wall_us: host clock, "
                   "sync at the end",
@@ -512,9 +481,6 @@ def run(dtype: torch.dtype | None = None, profile: device.Profile | None = None)
     }
 
 
-_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
-
-
 def main(argv=None) -> None:
     """``python -m infer_lib.bottlenecks --out-dir DIR``: measure and write ``DIR/bottlenecks_<gpu>.json``."""
     parser = argparse.ArgumentParser(
@@ -522,7 +488,7 @@ def main(argv=None) -> None:
         description="Measure where time goes on this GPU (chapter 2) and write bottlenecks_<gpu>.json.",
     )
     parser.add_argument("--out-dir", required=True, type=Path, help="folder for bottlenecks_<gpu>.json")
-    parser.add_argument("--dtype", choices=sorted(_DTYPES),
+    parser.add_argument("--dtype", choices=sorted(device.DTYPES),
                         help="dtype of every op (default: infer_lib.device.default_dtype())")
     parser.add_argument("--profile", choices=sorted(device.PROFILES),
                         help="problem sizes (default: infer_lib.device.profile(); 'cpu' = tiny, for tests)")
@@ -531,7 +497,7 @@ def main(argv=None) -> None:
         parser.exit(2, "python -m infer_lib.bottlenecks needs a CUDA GPU: timings of the CPU say "
                        "nothing about GPU performance. The shipped reference measurement is "
                        "infer_lib/data/bottlenecks_h100_sxm.json.\n")
-    dtype = _DTYPES[args.dtype] if args.dtype else device.default_dtype()
+    dtype = device.DTYPES[args.dtype] if args.dtype else device.default_dtype()
     prof = device.PROFILES[args.profile] if args.profile else device.profile()
     t0 = time.perf_counter()
     payload = run(dtype, prof)

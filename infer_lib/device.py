@@ -80,6 +80,24 @@ def default_dtype() -> torch.dtype:
     return torch.bfloat16 if supports_bf16() else torch.float16
 
 
+#: the dtypes the course measures, by the names measurement files use
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def dtype_name(dtype: torch.dtype | str) -> str:
+    """``torch.bfloat16`` → ``"bfloat16"``: how dtypes are written in records and labels."""
+    return str(dtype).removeprefix("torch.")
+
+
+def dtype_from_name(dtype: torch.dtype | str) -> torch.dtype:
+    """The inverse of ``dtype_name``; a torch dtype passes through."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype in DTYPES:
+        return DTYPES[dtype]
+    raise ValueError(f"unknown dtype {dtype!r}: use a torch dtype or one of {sorted(DTYPES)}")
+
+
 def kernel_dtypes() -> tuple[torch.dtype, ...]:
     """Dtypes the kernels are tested in on this machine."""
     if supports_bf16():

@@ -450,7 +450,7 @@ def measure_copy_bandwidth(sizes_bytes, dtype: torch.dtype = torch.float32) -> l
     HBM's. Bandwidth counts bytes read plus bytes written: 2 × size.
     """
     measure._require_gpu("measure_copy_bandwidth")
-    itemsize = torch.empty((), dtype=dtype).element_size()
+    itemsize = dtype.itemsize
     records = []
     for size in sizes_bytes:
         numel = int(size) // itemsize
@@ -488,10 +488,6 @@ def measure_matmul_flops(sizes, dtype: torch.dtype | None = None) -> list[dict]:
     return records
 
 
-def _dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
-
-
 def main(argv=None) -> None:
     """``python -m infer_lib.hardware --out-dir DIR [--profile NAME]``: run both
     sweeps at the profile's sizes and write ``copy_bandwidth_<gpu>.json`` and
@@ -523,7 +519,7 @@ def main(argv=None) -> None:
     )
 
     dtypes = ([torch.bfloat16] if device.supports_bf16() else []) + [torch.float16, torch.float32]
-    flops = {_dtype_name(dt): measure_matmul_flops(prof.matmul_sizes, dt) for dt in dtypes}
+    flops = {device.dtype_name(dt): measure_matmul_flops(prof.matmul_sizes, dt) for dt in dtypes}
     flops_path = measure.save(
         {"provenance": measure.provenance(),
          "timing": "triton.testing.do_bench, L2 flushed, median",

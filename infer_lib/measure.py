@@ -69,6 +69,11 @@ def wall_us(fn: Callable[[], object], reps: int = 3) -> float:
     return times[len(times) // 2]
 
 
+def sig(x: float, digits: int = 5) -> float:
+    """Round to significant digits: compact measurement files, and tiny smoke-run values stay > 0."""
+    return float(f"{x:.{digits}g}")
+
+
 def _driver_and_cuda() -> tuple[str | None, str | None]:
     driver = None
     try:

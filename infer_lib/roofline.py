@@ -63,7 +63,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from . import hardware, plotting
+from . import device, hardware, plotting
 
 # ----------------------------------------------------------------------------
 # Operations and their arithmetic intensity
@@ -107,10 +107,6 @@ def bytes_per_element(dtype: torch.dtype | str) -> int:
                      f"or one of {sorted(_BYTES)}")
 
 
-def _dtype_name(dtype: torch.dtype | str) -> str:
-    return str(dtype).removeprefix("torch.")
-
-
 def _count(name: str, value, *, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         raise ValueError(f"{name} must be an integer ≥ {minimum}, got {value!r}")
@@ -135,7 +131,7 @@ def elementwise(n: int, dtype: torch.dtype | str, n_inputs: int = 1, n_outputs: 
         raise ValueError("an elementwise op must read or write something: n_inputs + n_outputs ≥ 1")
     f = _nonneg("flops_per_element", flops_per_element)
     s = bytes_per_element(dtype)
-    return Op(name or f"elementwise n={n} {_dtype_name(dtype)}", f * n, (n_inputs + n_outputs) * n * s)
+    return Op(name or f"elementwise n={n} {device.dtype_name(dtype)}", f * n, (n_inputs + n_outputs) * n * s)
 
 
 def reduction(rows: int, cols: int, dtype: torch.dtype | str, flops_per_element: float = 5,
@@ -148,7 +144,7 @@ def reduction(rows: int, cols: int, dtype: torch.dtype | str, flops_per_element:
     out_cols = cols if out_cols is None else _count("out_cols", out_cols)
     f = _nonneg("flops_per_element", flops_per_element)
     s = bytes_per_element(dtype)
-    return Op(name or f"reduction {rows}×{cols} {_dtype_name(dtype)}",
+    return Op(name or f"reduction {rows}×{cols} {device.dtype_name(dtype)}",
               f * rows * cols, (rows * cols + rows * out_cols) * s)
 
 
@@ -160,7 +156,7 @@ def matmul(M: int, N: int, K: int, dtype: torch.dtype | str,
     M, N, K = _count("M", M), _count("N", N), _count("K", K)
     s_in = bytes_per_element(dtype)
     s_out = bytes_per_element(dtype if out_dtype is None else out_dtype)
-    return Op(name or f"matmul M={M} N={N} K={K} {_dtype_name(dtype)}",
+    return Op(name or f"matmul M={M} N={N} K={K} {device.dtype_name(dtype)}",
               2 * M * N * K, (M * K + K * N) * s_in + M * N * s_out)
 
 

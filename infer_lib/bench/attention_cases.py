@@ -33,10 +33,6 @@ ATTENTION_SHAPES = ((4, 32, 4096, 128), (8, 16, 4096, 64))
 SOFTMAX_BYTES = 2**28
 
 
-def _dname(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
-
-
 def _half_dtypes() -> list[torch.dtype]:
     # bf16 needs sm_80 (a T4 has none); the limits are measured for kernel_dtypes() only.
     return [dt for dt in (torch.float16, torch.bfloat16) if dt in device.kernel_dtypes()]
@@ -46,13 +42,13 @@ def softmax_cases(smoke: bool) -> list[Case]:
     """Row softmax at widths 1k–32k, fp16 and bf16, against ``torch.softmax``."""
     out = []
     for dtype in _half_dtypes():
-        esize = torch.empty((), dtype=dtype).element_size()
+        esize = dtype.itemsize
         for width in ((1024, 4096) if smoke else SOFTMAX_WIDTHS):
             rows = 4 if smoke else SOFTMAX_BYTES // (width * esize)
             x = torch.randn(rows, width, device=device.DEVICE, dtype=dtype)
             out.append(Case(
-                kernel="softmax", case=f"{rows}×{width} {_dname(dtype)}",
-                params={"rows": rows, "width": width, "dtype": _dname(dtype)},
+                kernel="softmax", case=f"{rows}×{width} {device.dtype_name(dtype)}",
+                params={"rows": rows, "width": width, "dtype": device.dtype_name(dtype)},
                 unit="GB/s", bytes=2 * rows * width * esize,   # read once, written once
                 flops=3 * rows * width,                          # max, exp, sum (÷ folded in)
                 ours=("triton softmax", lambda x=x: softmax(x)),
@@ -73,7 +69,7 @@ def _naive_fits(B: int, H: int, S_q: int, S_k: int, esize: int) -> bool:
 def flash_attention_cases(smoke: bool) -> list[Case]:
     """FlashAttention forward, bf16, causal and not, against SDPA (and naive PyTorch where it fits)."""
     dtype = torch.bfloat16 if device.supports_bf16() else torch.float16
-    esize = torch.empty((), dtype=dtype).element_size()
+    esize = dtype.itemsize
     shapes = ((1, 2, 96, 32), (2, 2, 64, 16)) if smoke else ATTENTION_SHAPES
     smallest = min(shapes, key=lambda s: s[0] * s[1] * s[2] ** 2 * s[3])
     out = []
@@ -88,12 +84,12 @@ def flash_attention_cases(smoke: bool) -> list[Case]:
                 kernel="flash_attention",
                 case=f"B{B} H{H} S{S} D{D} {'causal' if causal else 'full'}",
                 params={"B": B, "H": H, "H_kv": H, "S_q": S, "S_k": S, "D": D, "causal": causal,
-                        "dtype": _dname(dtype)},
+                        "dtype": device.dtype_name(dtype)},
                 unit="TFLOP/s",
                 bytes=4 * B * H * S * D * esize,   # q, k, v read once; output written once
                 flops=flops,
                 ours=("triton flash_attention", lambda q=q, k=k, v=v, c=causal: flash_attention(q, k, v, causal=c)),
                 peers=peers,
-                limit=f"matmul:{_dname(dtype)}", atol=2e-2, rtol=2e-2,
+                limit=f"matmul:{device.dtype_name(dtype)}", atol=2e-2, rtol=2e-2,
             ))
     return out

@@ -21,14 +21,6 @@ def _randn(*shape, dtype):
     return torch.randn(*shape, device=device.DEVICE, dtype=dtype)
 
 
-def _esize(dtype: torch.dtype) -> int:
-    return torch.empty((), dtype=dtype).element_size()
-
-
-def _dname(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
-
-
 def _human(nbytes: int) -> str:
     for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
         if nbytes >= scale:
@@ -59,9 +51,9 @@ def cublas_cases(smoke: bool) -> list[Case]:
         for n in sizes:
             a, b = _randn(n, n, dtype=dtype), _randn(n, n, dtype=dtype)
             out.append(Case(
-                kernel="cublas", case=f"{n}³ {_dname(dtype)}", params={"M": n, "N": n, "K": n, "dtype": _dname(dtype)},
-                unit="TFLOP/s", bytes=3 * n * n * _esize(dtype), flops=2 * n**3,
-                ours=("torch.matmul (cuBLAS)", lambda a=a, b=b: a @ b), limit=f"matmul:{_dname(dtype)}",
+                kernel="cublas", case=f"{n}³ {device.dtype_name(dtype)}", params={"M": n, "N": n, "K": n, "dtype": device.dtype_name(dtype)},
+                unit="TFLOP/s", bytes=3 * n * n * dtype.itemsize, flops=2 * n**3,
+                ours=("torch.matmul (cuBLAS)", lambda a=a, b=b: a @ b), limit=f"matmul:{device.dtype_name(dtype)}",
             ))
     return out
 
@@ -74,8 +66,8 @@ def vector_add_cases(smoke: bool) -> list[Case]:
         for n in sizes:
             x, y = _randn(n, dtype=dtype), _randn(n, dtype=dtype)
             out.append(Case(
-                kernel="vector_add", case=f"n={n} {_dname(dtype)}", params={"n": n, "dtype": _dname(dtype)},
-                unit="GB/s", bytes=3 * n * _esize(dtype), flops=n,  # read x, y; write out
+                kernel="vector_add", case=f"n={n} {device.dtype_name(dtype)}", params={"n": n, "dtype": device.dtype_name(dtype)},
+                unit="GB/s", bytes=3 * n * dtype.itemsize, flops=n,  # read x, y; write out
                 ours=("triton vector_add", lambda x=x, y=y: vector_add(x, y)),
                 peers=[("torch.add", lambda x=x, y=y: torch.add(x, y))],
                 atol=0, rtol=0 if device.HAS_GPU else 1e-2,

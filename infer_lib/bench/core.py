@@ -19,6 +19,7 @@ from typing import Callable
 import torch
 
 from .. import device, measure
+from ..measure import sig
 
 UNITS = ("GB/s", "TFLOP/s")
 
@@ -42,11 +43,6 @@ class Case:
     info: Callable[[], dict] | None = None
 
 
-def sig(x: float, digits: int = 5) -> float:
-    """Round to significant digits (smoke runs produce tiny numbers that must stay > 0)."""
-    return float(f"{x:.{digits}g}")
-
-
 def value(unit: str, nbytes: int, flops: int, us: float) -> float:
     """GB/s (1e9 bytes per second) or TFLOP/s from a time in µs."""
     if unit == "GB/s":
@@ -60,20 +56,26 @@ def timer(smoke: bool) -> Callable[[Callable[[], object]], float]:
     return (lambda fn: measure.wall_us(fn, reps=1)) if smoke else measure.bench_us
 
 
-def measure_limits(smoke: bool) -> dict:
-    """The two ceilings, measured now: device-to-device copy and cuBLAS matmul."""
+def measure_limits(smoke: bool = False, *, copy_bytes: int | None = None, matmul_n: int | None = None,
+                   dtypes: tuple[torch.dtype, ...] | None = None) -> dict:
+    """The two ceilings, measured now: device-to-device copy and cuBLAS matmul.
+
+    Defaults are the bench's: a 1 GiB copy (far beyond L2) and 8192³ products in
+    every dtype of ``device.kernel_dtypes()``; chapters measuring a live roofline
+    call this too, so their ceilings are taken the same way.
+    """
     time_us = timer(smoke)
     dev = device.DEVICE
-    copy_bytes = 2**16 if smoke else 2**30  # ≥ 1 GiB: far beyond L2
+    copy_bytes = copy_bytes or (2**16 if smoke else 2**30)
     src = torch.randn(copy_bytes // 4, device=dev)
     copy_us = time_us(lambda: src.clone())
     del src
-    n = 64 if smoke else 8192
+    n = matmul_n or (64 if smoke else 8192)
     mm = {}
-    for dtype in device.kernel_dtypes():
+    for dtype in dtypes or device.kernel_dtypes():
         a = torch.randn(n, n, device=dev, dtype=dtype)
         b = torch.randn(n, n, device=dev, dtype=dtype)
-        mm[_dtype_name(dtype)] = sig(2 * n**3 / time_us(lambda: a @ b) / 1e6)
+        mm[device.dtype_name(dtype)] = sig(2 * n**3 / time_us(lambda: a @ b) / 1e6)
         del a, b
     return {
         "copy_GBps": sig(2 * copy_bytes / copy_us / 1e3),
@@ -83,10 +85,6 @@ def measure_limits(smoke: bool) -> dict:
         "note": "copy: median of src.clone() counting bytes read + written; matmul: torch.matmul "
                 "(cuBLAS) n×n×n on random inputs; fp32 uses PyTorch's default precision",
     }
-
-
-def _dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
 
 
 def _limit_value(limits: dict, which: str) -> float:

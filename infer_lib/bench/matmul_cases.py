@@ -29,10 +29,6 @@ from .core import Case
 _TOL = {torch.bfloat16: (2e-2, 2e-2), torch.float16: (5e-3, 5e-3), torch.float32: (1e-3, 1e-3)}
 
 
-def _dname(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
-
-
 def _dtypes() -> list[torch.dtype]:
     # bf16 needs sm_80 (a T4 has none); the limits are measured for kernel_dtypes() only.
     return [dt for dt in (torch.bfloat16, torch.float16) if dt in device.kernel_dtypes()]
@@ -49,45 +45,49 @@ def _mm_case(kernel: str, label: str, params: dict, M: int, N: int, K: int, dtyp
         flops=2 * M * N * K,
         ours=("triton matmul", lambda a=a, b=b: matmul(a, b)),
         peers=[("torch.matmul (cuBLAS)", lambda a=a, b=b: torch.matmul(a, b))],
-        limit=f"matmul:{_dname(dtype)}",
+        limit=f"matmul:{device.dtype_name(dtype)}",
         atol=atol * out_scale, rtol=rtol,
         info=lambda a=a, b=b: {"config": str(best_config(a, b) or "fixed default (not autotuned)")},
     )
 
 
-def matmul_cases(smoke: bool) -> list[Case]:
+def matmul_cases(smoke: bool, *, sizes: tuple[int, ...] | None = None,
+                 dtypes: tuple[torch.dtype, ...] | None = None, skinny: bool = True) -> list[Case]:
     """Ours vs cuBLAS at n³ for n = 1024, 4096, 8192 and the decode-like
     ``M = 16, N = K = 8192`` (one token for each of 16 sequences through an
-    8192-wide layer); tiny sizes under ``smoke``."""
-    n_cubed = (32, 64) if smoke else (1024, 4096, 8192)
-    skinny = (16, 64, 64) if smoke else (16, 8192, 8192)
+    8192-wide layer); tiny sizes under ``smoke``. Chapter 3 passes its own
+    ``sizes``/``dtypes`` (and ``skinny=False``) to measure a reader's GPU."""
+    n_cubed = sizes or ((32, 64) if smoke else (1024, 4096, 8192))
+    thin = (16, 64, 64) if smoke else (16, 8192, 8192)
     out = []
-    for dtype in _dtypes():
-        shapes = [(n, n, n) for n in n_cubed] + [skinny]
+    for dtype in dtypes or _dtypes():
+        shapes = [(n, n, n) for n in n_cubed] + ([thin] if skinny else [])
         for M, N, K in shapes:
             a = torch.randn(M, K, device=device.DEVICE, dtype=dtype)
             b = torch.randn(K, N, device=device.DEVICE, dtype=dtype)
-            label = f"{M}³ {_dname(dtype)}" if M == N == K else f"M={M} N={N} K={K} {_dname(dtype)}"
-            out.append(_mm_case("matmul", label, {"M": M, "N": N, "K": K, "dtype": _dname(dtype)},
+            label = f"{M}³ {device.dtype_name(dtype)}" if M == N == K else f"M={M} N={N} K={K} {device.dtype_name(dtype)}"
+            out.append(_mm_case("matmul", label, {"M": M, "N": N, "K": K, "dtype": device.dtype_name(dtype)},
                                 M, N, K, dtype, a, b, out_scale=math.sqrt(K)))
     return out
 
 
-def batch_sweep(smoke: bool) -> list[Case]:
+def batch_sweep(smoke: bool, *, d: int | None = None, batches: tuple[int, ...] | None = None,
+                dtype: torch.dtype | None = None) -> list[Case]:
     """Chapter 3's measurement: ``X (B×d) @ W (d×d)`` at ``d = 8192`` for
     ``B = 1, 2, 4, …, 4096`` (smoke: ``d = 64``, ``B = 1, 8, 64``), ours vs
     cuBLAS, in bf16 (fp16 where there is no bf16). The time stays flat while the
     weights dominate the traffic and grows linearly once the product is
     compute-bound; the knee is the critical batch size
-    (``infer_lib.roofline.critical_batch_size``)."""
-    d = 64 if smoke else 8192
-    batches = (1, 8, 64) if smoke else tuple(2**i for i in range(13))  # 1 … 4096
-    dtype = torch.bfloat16 if device.supports_bf16() else torch.float16
+    (``infer_lib.roofline.critical_batch_size``). The chapter passes ``d``,
+    ``batches`` and ``dtype`` to run the same sweep on a reader's GPU."""
+    d = d or (64 if smoke else 8192)
+    batches = batches or ((1, 8, 64) if smoke else tuple(2**i for i in range(13)))  # 1 … 4096
+    dtype = dtype or (torch.bfloat16 if device.supports_bf16() else torch.float16)
     # (d, d), shared by every B; scaled by 1/√d like a trained layer's weights, so outputs are ~N(0, 1)
     W = torch.randn(d, d, device=device.DEVICE, dtype=dtype) / math.sqrt(d)
     out = []
     for B in batches:
         X = torch.randn(B, d, device=device.DEVICE, dtype=dtype)  # (B, d)
-        out.append(_mm_case("matmul_batch_sweep", f"B={B} d={d} {_dname(dtype)}",
-                            {"B": B, "d": d, "dtype": _dname(dtype)}, B, d, d, dtype, X, W, out_scale=1.0))
+        out.append(_mm_case("matmul_batch_sweep", f"B={B} d={d} {device.dtype_name(dtype)}",
+                            {"B": B, "d": d, "dtype": device.dtype_name(dtype)}, B, d, d, dtype, X, W, out_scale=1.0))
     return out

@@ -31,6 +31,8 @@ from typing import Callable, Iterable, Sequence
 
 import torch
 
+from ..device import dtype_name
+
 
 class ExerciseNotDone(NotImplementedError):
     """Raised by a check when the reader has not filled in the answer yet."""
@@ -149,5 +151,5 @@ def check_function(fn: Callable, reference: Callable, cases: Sequence[tuple], *,
 
 def _short(a) -> str:
     if isinstance(a, torch.Tensor):
-        return f"tensor{tuple(a.shape)}:{str(a.dtype).removeprefix('torch.')}"
+        return f"tensor{tuple(a.shape)}:{dtype_name(a.dtype)}"
     return repr(a)

@@ -10,14 +10,14 @@ SUPPORTED_FLOAT = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def _names(dtypes) -> str:
-    return ", ".join(str(d).removeprefix("torch.") for d in dtypes)
+    return ", ".join(device.dtype_name(d) for d in dtypes)
 
 
 def check_tensor(op: str, name: str, t, *, dtypes=SUPPORTED_FLOAT, ndim: int | None = None) -> None:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
     if t.dtype not in dtypes:
-        raise TypeError(f"{op}: {name} has dtype {str(t.dtype).removeprefix('torch.')}; "
+        raise TypeError(f"{op}: {name} has dtype {device.dtype_name(t.dtype)}; "
                         f"supported dtypes are {_names(dtypes)}")
     if ndim is not None and t.dim() != ndim:
         raise ValueError(f"{op}: {name} must be {ndim}-D, got shape {tuple(t.shape)}")
@@ -38,5 +38,5 @@ def check_same(op: str, **tensors) -> None:
         if t.device != t0.device:
             raise ValueError(f"{op}: {n0} is on {t0.device} but {n} is on {t.device}; put them on one device")
         if t.dtype != t0.dtype:
-            raise TypeError(f"{op}: {n0} is {str(t0.dtype).removeprefix('torch.')} but {n} is "
-                            f"{str(t.dtype).removeprefix('torch.')}; cast them to one dtype")
+            raise TypeError(f"{op}: {n0} is {device.dtype_name(t0.dtype)} but {n} is "
+                            f"{device.dtype_name(t.dtype)}; cast them to one dtype")

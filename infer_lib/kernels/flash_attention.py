@@ -269,8 +269,8 @@ def _check_inputs(q, k, v, sm_scale) -> None:
         if t.device != q.device:
             raise ValueError(f"{op}: q is on {q.device} but {name} is on {t.device}; put q, k, v on one device")
         if t.dtype != q.dtype:
-            raise TypeError(f"{op}: q is {str(q.dtype).removeprefix('torch.')} but {name} is "
-                            f"{str(t.dtype).removeprefix('torch.')}; cast q, k, v to one dtype")
+            raise TypeError(f"{op}: q is {device.dtype_name(q.dtype)} but {name} is "
+                            f"{device.dtype_name(t.dtype)}; cast q, k, v to one dtype")
     for name, t in (("q", q), ("k", k), ("v", v)):
         if t.dim() != 4:
             layout = "(B, H, S_q, D)" if name == "q" else "(B, H_kv, S_k, D)"
