@@ -1,4 +1,4 @@
-"""Tests of infer_lib.attention_sweep: without a GPU every measurement refuses and ``main`` exits 2;
+"""Tests of infer_lib.experiments.attention_sweep: without a GPU every measurement refuses and ``main`` exits 2;
 the counts and the causal tile map agree with first principles and with the kernel; with a GPU a
 tiny sweep gives positive, finite numbers; the shipped H100 file has the layout chapter 4 reads."""
 
@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from infer_lib import attention_sweep as sweep_mod
+from infer_lib.experiments import attention_sweep as sweep_mod
 from infer_lib import device, measure, roofline
-from infer_lib.attention_sweep import FLASH, IMPLS, NAIVE
+from infer_lib.experiments.attention_sweep import FLASH, IMPLS, NAIVE
 
 GPU_ONLY = [
     ("sweep", lambda: sweep_mod.sweep([64], B=1, H=2, D=16)),
@@ -138,7 +138,7 @@ def test_the_kernel_never_reads_skipped_tiles():
     """NaN in the key/value tiles that tile_map says query tile 0 skips must not reach its output
     (a loaded NaN value would: 0 · NaN = NaN in p @ v, even where p is masked to 0)."""
     from infer_lib.kernels import flash_attention
-    from infer_lib.kernels.flash_attention import INTERPRETER_CONFIG
+    from infer_lib.kernels.flash_attention_kernel import INTERPRETER_CONFIG
     from infer_lib.reference import attention_ref
 
     BM, BN = INTERPRETER_CONFIG.kwargs["BLOCK_M"], INTERPRETER_CONFIG.kwargs["BLOCK_N"]
@@ -220,7 +220,7 @@ _SHIPPED = measure.reference_path("attention_sweep")
 
 
 @pytest.mark.skipif(not _SHIPPED.exists(), reason=f"{_SHIPPED.name} is not shipped yet (written on an H100 "
-                                                  "by python -m infer_lib.attention_sweep)")
+                                                  "by python -m infer_lib.experiments.attention_sweep)")
 def test_shipped_file_has_the_expected_layout():
     doc = measure.load_reference("attention_sweep")
     sweep_mod.validate(doc)

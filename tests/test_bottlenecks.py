@@ -1,4 +1,4 @@
-"""Tests of infer_lib.bottlenecks: without a GPU every measurement refuses; with one, tiny
+"""Tests of infer_lib.experiments.bottlenecks: without a GPU every measurement refuses; with one, tiny
 runs give positive, finite numbers; and the shipped H100 measurement file has the layout
 chapter 2 reads."""
 
@@ -8,7 +8,8 @@ import math
 import pytest
 import torch
 
-from infer_lib import bottlenecks, device, hardware, measure, roofline
+from infer_lib import device, hardware, measure, roofline
+from infer_lib.experiments import bottlenecks
 
 GPU_ONLY = [
     ("elementwise_sweep", lambda: bottlenecks.elementwise_sweep([1024])),

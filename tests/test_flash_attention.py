@@ -12,11 +12,11 @@ import triton
 
 from conftest import DTYPES, poison
 from infer_lib import device
-from infer_lib.kernels.flash_attention import flash_attention
+from infer_lib.kernels.flash_attention_kernel import flash_attention
 from infer_lib.reference import attention_ref, causal_mask
 
 # the module (configs, _launch), not the function infer_lib.kernels exports under the same name
-fa = importlib.import_module("infer_lib.kernels.flash_attention")
+fa = importlib.import_module("infer_lib.kernels.flash_attention_kernel")
 DEV = device.DEVICE
 
 #: (atol, rtol) against the fp32 reference. On a GPU p is rounded to 16 bits for

@@ -11,8 +11,8 @@ from infer_lib import device
 import importlib
 
 # the module, not the function of the same name that infer_lib.kernels exports
-mm = importlib.import_module("infer_lib.kernels.matmul")
-from infer_lib.kernels.matmul import matmul, matmul_ref
+mm = importlib.import_module("infer_lib.kernels.matmul_kernel")
+from infer_lib.kernels.matmul_kernel import matmul, matmul_ref
 import triton  # after infer_lib, which picks compiler or interpreter
 
 #: (M, N, K), none a multiple of the 32×32×32 interpreter tile except the control (64, 64, 64)

@@ -3,7 +3,7 @@ import torch
 
 from conftest import DTYPES, TOLERANCES
 from infer_lib import device
-from infer_lib.kernels.softmax import MAX_FUSED_BLOCK, softmax, softmax_ref
+from infer_lib.kernels.softmax_kernel import MAX_FUSED_BLOCK, softmax, softmax_ref
 
 DEV = device.DEVICE
 

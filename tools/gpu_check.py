@@ -35,7 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PARTS = ("env", "tests", "notebooks", "data", "bench")
 #: modules whose ``python -m MODULE --out-dir DIR`` writes the chapters' measurement files
-DATA_MODULES = ("infer_lib.hardware", "infer_lib.bottlenecks", "infer_lib.attention_sweep")
+DATA_MODULES = ("infer_lib.hardware", "infer_lib.experiments.bottlenecks", "infer_lib.experiments.attention_sweep")
 NOTEBOOK_PKGS = ("nbclient", "ipykernel", "ipywidgets", "nbformat")
 
 

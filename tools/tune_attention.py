@@ -55,8 +55,8 @@ import triton  # noqa: E402
 from infer_lib import device, measure  # noqa: E402
 
 # the modules, not the functions of the same names that infer_lib.kernels exports
-fa = importlib.import_module("infer_lib.kernels.flash_attention")
-sm = importlib.import_module("infer_lib.kernels.softmax")
+fa = importlib.import_module("infer_lib.kernels.flash_attention_kernel")
+sm = importlib.import_module("infer_lib.kernels.softmax_kernel")
 fa_cases = importlib.import_module("infer_lib.bench.attention_cases")   # the bench shapes
 
 ATTN_TARGET, SOFTMAX_COPY_TARGET, SOFTMAX_TORCH_TARGET = 0.75, 0.9, 1.0

@@ -43,7 +43,7 @@ from infer_lib import device, measure  # noqa: E402
 import importlib  # noqa: E402
 
 # the module, not the function of the same name that infer_lib.kernels exports
-mm = importlib.import_module("infer_lib.kernels.matmul")
+mm = importlib.import_module("infer_lib.kernels.matmul_kernel")
 
 SHAPES = {"1024^3": (1024, 1024, 1024), "4096^3": (4096, 4096, 4096), "8192^3": (8192, 8192, 8192),
           "M16": (16, 8192, 8192)}

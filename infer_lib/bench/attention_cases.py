@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from .. import device
-from ..kernels.flash_attention import flash_attention
-from ..kernels.softmax import softmax
+from ..kernels.flash_attention_kernel import flash_attention
+from ..kernels.softmax_kernel import softmax
 from ..reference import naive_attention
 from .core import Case
 

@@ -22,7 +22,7 @@ import math
 import torch
 
 from .. import device
-from ..kernels.matmul import best_config, matmul
+from ..kernels.matmul_kernel import best_config, matmul
 from .core import Case
 
 #: dtype → (atol per unit of typical output size, rtol) for ours against cuBLAS

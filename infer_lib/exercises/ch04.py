@@ -1,6 +1,6 @@
 """Checks for chapter 4's exercises.
 
-Each check computes its expected answer itself — from ``infer_lib.attention_sweep``'s
+Each check computes its expected answer itself — from ``infer_lib.experiments.attention_sweep``'s
 counts (the same ones the chapter uses) or from the exercise's given values below —
 so the reader's cell does not give it away. The only numbers typed here are the
 exercises' given inputs, named as in the exercise text. A check prints ✅ when the
@@ -14,7 +14,8 @@ import math
 
 import torch
 
-from .. import attention_sweep, roofline
+from .. import roofline
+from ..experiments import attention_sweep
 from . import check_choice, check_number
 
 # Exercise 4.1: naive attention, non-causal

@@ -24,7 +24,7 @@ Everything here times a GPU: without one each function raises RuntimeError
 the shipped measurement ``infer_lib/data/bottlenecks_<gpu>.json`` instead,
 written by
 
-    python -m infer_lib.bottlenecks --out-dir DIR [--dtype bfloat16] [--profile gpu-large]
+    python -m infer_lib.experiments.bottlenecks --out-dir DIR [--dtype bfloat16] [--profile gpu-large]
 
 Times are medians from ``triton.testing.do_bench`` with the L2 cache flushed
 between repetitions (``measure.bench_us``), in µs, unless a field's name says
@@ -42,7 +42,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from . import device, measure, roofline
+from .. import device, measure, roofline
 
 #: The elementwise op of the sweep. GELU, not ``x * 2 + 1``: eager PyTorch runs
 #: GELU as one kernel that reads x once and writes y once (2 · n · s bytes), an
@@ -482,9 +482,9 @@ def run(dtype: torch.dtype | None = None, profile: device.Profile | None = None)
 
 
 def main(argv=None) -> None:
-    """``python -m infer_lib.bottlenecks --out-dir DIR``: measure and write ``DIR/bottlenecks_<gpu>.json``."""
+    """``python -m infer_lib.experiments.bottlenecks --out-dir DIR``: measure and write ``DIR/bottlenecks_<gpu>.json``."""
     parser = argparse.ArgumentParser(
-        prog="python -m infer_lib.bottlenecks",
+        prog="python -m infer_lib.experiments.bottlenecks",
         description="Measure where time goes on this GPU (chapter 2) and write bottlenecks_<gpu>.json.",
     )
     parser.add_argument("--out-dir", required=True, type=Path, help="folder for bottlenecks_<gpu>.json")
@@ -494,7 +494,7 @@ def main(argv=None) -> None:
                         help="problem sizes (default: infer_lib.device.profile(); 'cpu' = tiny, for tests)")
     args = parser.parse_args(argv)
     if not device.HAS_GPU:
-        parser.exit(2, "python -m infer_lib.bottlenecks needs a CUDA GPU: timings of the CPU say "
+        parser.exit(2, "python -m infer_lib.experiments.bottlenecks needs a CUDA GPU: timings of the CPU say "
                        "nothing about GPU performance. The shipped reference measurement is "
                        "infer_lib/data/bottlenecks_h100_sxm.json.\n")
     dtype = device.DTYPES[args.dtype] if args.dtype else device.default_dtype()

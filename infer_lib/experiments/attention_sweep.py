@@ -19,7 +19,7 @@ on the roofline. Both need a CUDA GPU; without one they raise RuntimeError and
 the chapter shows the shipped measurement ``infer_lib/data/attention_sweep_<gpu>.json``,
 written by
 
-    python -m infer_lib.attention_sweep --out-dir DIR
+    python -m infer_lib.experiments.attention_sweep --out-dir DIR
 
 (B = 1, H = 32, D = 128, bf16, causal, S from 512 to 16384, and the naive steps
 timed one by one at S = 4096; meant to take well under two minutes on an H100). The counts run anywhere: ``attention_flops``, ``naive_steps`` (each step
@@ -43,7 +43,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from . import device, measure, roofline
+from .. import device, measure, roofline
 
 #: The implementations, with the names the benchmark (``bench/attention_cases.py``) uses.
 NAIVE, SDPA, FLASH = "naive PyTorch", "SDPA", "triton flash_attention"
@@ -201,12 +201,12 @@ def sizes(profile: device.Profile) -> dict:
 
 def _impl_fn(impl: str, q, k, v, causal: bool):
     if impl == NAIVE:
-        from .reference import naive_attention
+        from ..reference import naive_attention
         return lambda: naive_attention(q, k, v, causal=causal)
     if impl == SDPA:
         return lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal)
     if impl == FLASH:
-        from .kernels import flash_attention
+        from ..kernels import flash_attention
         return lambda: flash_attention(q, k, v, causal=causal)
     raise ValueError(f"unknown implementation {impl!r}; choose from {IMPLS}")
 
@@ -273,7 +273,7 @@ def time_naive_steps(S: int = STEPS_S, B: int = PARAMS["B"], H: int = PARAMS["H"
     """Each step of ``naive_attention`` timed on its own (GPU only): ``{step, flops, bytes, us}``,
     with the FLOPs and bytes of ``naive_steps``."""
     measure._require_gpu("time_naive_steps")
-    from .reference import causal_mask
+    from ..reference import causal_mask
 
     dtype = device.default_dtype() if dtype is None else device.dtype_from_name(dtype)
     q, k, v = (torch.randn(B, H, S, D, device=device.DEVICE, dtype=dtype) for _ in range(3))
@@ -297,7 +297,7 @@ def softmax_sweep(widths, dtype=None, total_bytes: int = 2**28) -> list[dict]:
     """GB/s of ``kernels.softmax``, ``torch.softmax`` and a copy (``clone``) on ``rows × width``
     inputs of ``total_bytes`` (GPU only): ``{width, rows, impl, us, GBps}``, bytes read + written."""
     measure._require_gpu("softmax_sweep")
-    from .kernels import softmax
+    from ..kernels import softmax
 
     dtype = device.default_dtype() if dtype is None else device.dtype_from_name(dtype)
     esize = roofline.bytes_per_element(dtype)
@@ -369,9 +369,9 @@ def validate(doc: dict) -> None:
 
 
 def main(argv=None) -> None:
-    """``python -m infer_lib.attention_sweep --out-dir DIR``: measure and write ``DIR/attention_sweep_<gpu>.json``."""
+    """``python -m infer_lib.experiments.attention_sweep --out-dir DIR``: measure and write ``DIR/attention_sweep_<gpu>.json``."""
     parser = argparse.ArgumentParser(
-        prog="python -m infer_lib.attention_sweep",
+        prog="python -m infer_lib.experiments.attention_sweep",
         description="Time and peak memory of naive attention, SDPA and the Triton FlashAttention "
                     "kernel against sequence length (chapter 4); writes attention_sweep_<gpu>.json.",
     )
@@ -380,7 +380,7 @@ def main(argv=None) -> None:
                         help=f"sequence lengths (default: {' '.join(map(str, SEQ_LENS))})")
     args = parser.parse_args(argv)
     if not device.HAS_GPU:
-        parser.exit(2, "python -m infer_lib.attention_sweep needs a CUDA GPU: timings of the CPU say "
+        parser.exit(2, "python -m infer_lib.experiments.attention_sweep needs a CUDA GPU: timings of the CPU say "
                        "nothing about GPU performance. The shipped reference measurement is "
                        "infer_lib/data/attention_sweep_h100_sxm.json.\n")
     t0 = time.perf_counter()
