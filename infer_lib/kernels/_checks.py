@@ -28,6 +28,12 @@ def check_tensor(op: str, name: str, t, *, dtypes=SUPPORTED_FLOAT, ndim: int | N
                          f"run on CUDA tensors here — move it with .cuda()")
     if not device.HAS_GPU and t.device.type != "cpu":
         raise ValueError(f"{op}: {name} is on {t.device} but no GPU is available")
+    if t.requires_grad and torch.is_grad_enabled():
+        # The launchers return fresh tensors with no autograd graph: a gradient
+        # through them would silently be dropped. Refuse instead.
+        raise RuntimeError(f"{op}: {name} requires grad, but this is an inference kernel with no "
+                           f"backward pass, so the gradient would be silently lost; call it under "
+                           f"torch.no_grad() or torch.inference_mode(), or pass {name}.detach()")
 
 
 def check_same(op: str, **tensors) -> None:

@@ -1,6 +1,6 @@
 """FlashAttention forward: ``softmax(Q Kᵀ · sm_scale) V`` without writing the scores to HBM.
 
-Math (DESIGN §2): ``q (B, H, S_q, D)``, ``k, v (B, H_kv, S_k, D)``, query head
+Math: ``q (B, H, S_q, D)``, ``k, v (B, H_kv, S_k, D)``, query head
 ``h`` reads key/value head ``h // (H // H_kv)`` (GQA; MQA is ``H_kv = 1``).
 ``sm_scale`` defaults to ``1/√D``. With ``causal=True`` query ``i`` sees keys
 ``j ≤ i + S_k − S_q`` (aligned bottom-right, as FlashAttention does; SDPA's
@@ -43,7 +43,6 @@ tutorial 06 "Fused attention"
 
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
@@ -51,81 +50,12 @@ import triton
 import triton.language as tl
 
 from .. import device
+from . import _tuning
 from ._checks import check_tensor
 
 #: log2(e): exp(x) = exp2(x · LOG2E)
 LOG2E = 1.4426950408889634
 SUPPORTED_HEAD_DIMS = (16, 32, 64, 128)
-
-#: Configurations the autotuner tries on a GPU (chosen for the H100; smaller GPUs
-#: keep those whose tiles fit their shared memory). BLOCK_M queries per program,
-#: BLOCK_N keys per step of the loop, num_stages K/V tiles in flight. 128×128
-#: tiles need 8 warps: with 4, ptxas (sm_90, triton 3.7.1) spills registers at
-#: D = 64 and 128.
-HOPPER_CONFIGS = [
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=w, num_stages=s) for w in (4, 8) for s in (2, 3, 4)
-] + [
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 128}, num_warps=8, num_stages=s) for s in (2, 3, 4)
-] + [
-    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=s) for s in (2, 3)
-]
-#: Tried in order for 16-bit problems too small to be worth autotuning: the first
-#: that fits the GPU's shared memory is used.
-FALLBACK_CONFIGS = [
-    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=2),
-    triton.Config({"BLOCK_M": 64, "BLOCK_N": 32}, num_warps=4, num_stages=2),
-    triton.Config({"BLOCK_M": 32, "BLOCK_N": 32}, num_warps=4, num_stages=1),
-    triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=4, num_stages=1),
-]
-#: fp32 runs its matmuls as exact fp32 FMAs (no tensor cores): small tiles, or the
-#: registers spill (checked with ptxas for sm_80 and sm_90 at D=128). Correct, not fast.
-FP32_CONFIGS = [
-    triton.Config({"BLOCK_M": 16, "BLOCK_N": 32}, num_warps=4, num_stages=2),
-    triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=4, num_stages=1),
-]
-#: The CPU interpreter runs one program at a time, each step costing milliseconds
-#: whatever the tile: 32×32 tiles still give tiny test inputs several tiles to mask.
-INTERPRETER_CONFIG = triton.Config({"BLOCK_M": 32, "BLOCK_N": 32}, num_warps=4, num_stages=1)
-#: Autotune only problems at least this large (S_q · S_k); smaller ones take the
-#: first fitting fallback config, so tests and short prompts do not pay for
-#: compiling and timing every configuration.
-AUTOTUNE_MIN_SCORES = 1024 * 1024
-
-
-def shared_memory_bytes(cfg: triton.Config, head_dim: int, element_size: int) -> int:
-    """Estimate of a config's shared memory: the q tile plus num_stages buffers of k and v tiles."""
-    bm, bn = cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"]
-    return (bm + 2 * max(cfg.num_stages, 1) * bn) * head_dim * element_size
-
-
-def max_shared_memory() -> int:
-    """Shared memory one program may use on this GPU (227 KB on an H100, 99 KB on an L4, 64 KB on a T4)."""
-    if not device.HAS_GPU:
-        return 1 << 30
-    return _max_shared_memory(torch.cuda.current_device())
-
-
-@functools.lru_cache(maxsize=None)
-def _max_shared_memory(index: int) -> int:
-    return triton.runtime.driver.active.utils.get_device_properties(index)["max_shared_mem"]
-
-
-def _first_fitting(configs, head_dim: int, element_size: int, limit: int) -> triton.Config:
-    """The first config whose tiles fit in ``limit`` bytes of shared memory (else the last, smallest)."""
-    for cfg in configs:
-        if shared_memory_bytes(cfg, head_dim, element_size) <= limit:
-            return cfg
-    return configs[-1]
-
-
-def _prune_by_shared_memory(configs, named_args, **kwargs):
-    """The autotuner's pruning hook: drop configs whose tiles overflow this GPU's shared memory."""
-    head_dim = kwargs.get("HEAD_DIM", named_args.get("HEAD_DIM"))
-    esize = named_args["q_ptr"].element_size()
-    limit = max_shared_memory()
-    fitting = [c for c in configs if shared_memory_bytes(c, head_dim, esize) <= limit]
-    return fitting or [_first_fitting(FALLBACK_CONFIGS, head_dim, esize, limit)]
-
 
 @triton.jit
 def _attn_fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn,
@@ -246,21 +176,6 @@ def _flash_attention_kernel(
     tl.store(o_ptrs, acc.to(o_ptr.dtype.element_ty), mask=offs_m[:, None] < S_q)  # written once
 
 
-_flash_attention_autotuned = triton.autotune(
-    configs=HOPPER_CONFIGS,
-    key=["S_q", "S_k", "HEAD_DIM", "IS_CAUSAL"],   # plus the dtypes, which Triton adds
-    prune_configs_by={"early_config_prune": _prune_by_shared_memory},
-)(_flash_attention_kernel)
-
-
-def _pick_fixed_config(head_dim: int, element_size: int) -> triton.Config:
-    """The config of a launch that is not autotuned."""
-    if device.INTERPRET:
-        return INTERPRETER_CONFIG
-    candidates = FP32_CONFIGS if element_size == 4 else FALLBACK_CONFIGS
-    return _first_fitting(candidates, head_dim, element_size, max_shared_memory())
-
-
 def _check_inputs(q, k, v, sm_scale) -> None:
     op = "flash_attention"
     for name, t in (("q", q), ("k", k), ("v", v)):
@@ -295,11 +210,16 @@ def _check_inputs(q, k, v, sm_scale) -> None:
         raise ValueError(f"{op}: sm_scale must be a positive number, got {sm_scale}")
 
 
-def _launch(q, k, v, out, causal: bool, sm_scale: float, config: triton.Config | None = None):
-    """Run the kernel: autotuned (config None, large 16-bit problems on a GPU) or with ``config``.
+def _tuning_key(q: torch.Tensor, S_k: int, causal: bool) -> tuple:
+    # Prompt lengths change with every request: bucketed to powers of two.
+    B, H, S_q, D = q.shape
+    return (_tuning.bucket(S_q), _tuning.bucket(S_k), D, bool(causal), q.dtype, q.device.index)
 
-    Returns what Triton's launch returns (on a GPU the compiled kernel, whose
-    ``n_regs`` and ``n_spills`` ``tools/tune_attention.py`` prints)."""
+
+def _launch(q, k, v, out, causal: bool, sm_scale: float, config: triton.Config | None = None):
+    """Run the kernel with ``config``, or with the tuned (large 16-bit problems on a GPU) or
+    fixed configuration when it is None. Returns what Triton's launch returns (on a GPU the
+    compiled kernel, whose ``n_regs`` and ``n_spills`` ``tools/tune_attention.py`` prints)."""
     B, H, S_q, D = q.shape
     H_kv, S_k = k.shape[1], k.shape[2]
     fp32 = q.dtype == torch.float32
@@ -309,15 +229,18 @@ def _launch(q, k, v, out, causal: bool, sm_scale: float, config: triton.Config |
     meta = dict(HEAD_DIM=D, IS_CAUSAL=bool(causal), UPCAST=device.INTERPRET,
                 # fp32 inputs: exact fp32 products, not TF32 (ignored for 16-bit operands)
                 DOT_PRECISION="ieee" if (fp32 or device.INTERPRET) else "tf32")
-    if config is None and not device.INTERPRET and not fp32 and S_q * S_k >= AUTOTUNE_MIN_SCORES:
-        def grid(meta):
-            return (triton.cdiv(S_q, meta["BLOCK_M"]), B * H)
-        return _flash_attention_autotuned[grid](*args, **meta)
+
+    def run(cfg: triton.Config):
+        grid = (triton.cdiv(S_q, cfg.kwargs["BLOCK_M"]), B * H)
+        return _flash_attention_kernel[grid](*args, **meta, **cfg.kwargs,
+                                             num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+
     if config is None:
-        config = _pick_fixed_config(D, q.element_size())
-    grid = (triton.cdiv(S_q, config.kwargs["BLOCK_M"]), B * H)
-    return _flash_attention_kernel[grid](*args, **meta, **config.kwargs,
-                                         num_warps=config.num_warps, num_stages=config.num_stages)
+        configs = _tuning.FLASH_ATTENTION_FP32 if fp32 else _tuning.FLASH_ATTENTION
+        config = configs.choose(_tuning_key(q, S_k, causal), run,
+                                tune=not fp32 and S_q * S_k >= _tuning.FLASH_ATTENTION_TUNE_MIN_SCORES,
+                                element_size=q.element_size(), shape={"D": D})
+    return run(config)
 
 
 def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False,

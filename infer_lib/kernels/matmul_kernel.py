@@ -49,14 +49,15 @@ columns past the edge are wrapped back into range for the loads (``% M``,
 ``% N``: valid addresses, results discarded) and masked at the store; the last
 ``K`` step loads zeros past ``K``.
 
-Autotuning. Which tile is fastest depends on the GPU and the shape, so on a GPU
-the launcher lets ``triton.autotune`` time the configurations of a named list
-(``HOPPER_CONFIGS``, ``AMPERE_CONFIGS``, ``SMALL_SMEM_CONFIGS``) once per
-``(M, N, K, dtype)`` and keeps the best; configurations whose pipeline buffers
-do not fit the device's shared memory, or whose tiles are far larger than the
-problem, are pruned first. Without autotuning — in Triton's CPU interpreter,
-for problems too small to be worth timing, or when the caller passes
-``config=`` — one fixed configuration runs, so results are deterministic.
+Tuning. Which tile is fastest depends on the GPU and the shape, so on a GPU
+the launcher times the configurations listed for the GPU's architecture class
+in ``_tuning.py`` (``_tuning.MATMUL``) the first time it sees a shape, and
+keeps the fastest for every shape of the same bucket (``M`` rounded up to a
+power of two, ``N`` and ``K`` exact); configurations whose pipeline buffers do
+not fit the device's shared memory, or whose tiles are far larger than the
+problem, are pruned first. Without tuning — in Triton's CPU interpreter, for
+problems too small to be worth timing, or when the caller passes ``config=`` —
+one fixed configuration runs, so results are deterministic.
 
 References:
 - Triton tutorial 03 "Matrix multiplication"
@@ -71,13 +72,12 @@ References:
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import triton
 import triton.language as tl
 
 from .. import device
+from . import _tuning
 from ._checks import check_same, check_tensor
 
 
@@ -87,135 +87,12 @@ def matmul_ref(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------
-# Configurations
-# ----------------------------------------------------------------------------
-
-def _config(bm: int, bn: int, bk: int, stages: int, warps: int, group_m: int = 8) -> triton.Config:
-    return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": group_m},
-                         num_stages=stages, num_warps=warps)
-
-
-#: H100/H200 (sm_90, 227 KB of shared memory per block) and newer. Large tiles:
-#: a 128×256 tile with 8 warps (two warpgroups) keeps wgmma fed; 64-row tiles
-#: serve skinny problems (M = 16 decode-like products), where a 128-row tile
-#: would compute mostly padding.
-HOPPER_CONFIGS: list[triton.Config] = [
-    _config(128, 256, 64, 3, 8),
-    _config(256, 128, 64, 3, 8),
-    _config(128, 256, 64, 4, 8),
-    _config(128, 128, 64, 4, 4),
-    _config(128, 128, 64, 4, 8),
-    _config(128, 128, 64, 5, 8),
-    _config(128, 128, 128, 3, 8),
-    _config(128, 64, 64, 4, 4),
-    _config(64, 128, 64, 4, 4),
-    _config(64, 64, 128, 4, 4),
-    _config(64, 128, 128, 3, 4),
-]
-
-#: A100 (sm_80, 163 KB per block): the configurations of Triton tutorial 03.
-AMPERE_CONFIGS: list[triton.Config] = [
-    _config(128, 256, 64, 3, 8),
-    _config(64, 256, 32, 4, 4),
-    _config(128, 128, 64, 3, 4),
-    _config(128, 128, 32, 4, 4),
-    _config(128, 64, 32, 4, 4),
-    _config(64, 128, 32, 4, 4),
-    _config(128, 32, 32, 4, 4),
-    _config(64, 64, 64, 4, 4),
-    _config(64, 32, 32, 5, 2),
-]
-
-#: GPUs with ≤ 100 KB of shared memory per block: T4 (sm_75, 64 KB), L4 and
-#: RTX 30/40 cards (sm_86/sm_89, 99 KB), V100 (96 KB).
-SMALL_SMEM_CONFIGS: list[triton.Config] = [
-    _config(128, 128, 32, 2, 4),
-    _config(128, 64, 32, 3, 4),
-    _config(64, 128, 32, 3, 4),
-    _config(64, 64, 32, 4, 4),
-    _config(32, 64, 32, 4, 2),
-]
-
-#: What runs in Triton's CPU interpreter: small tiles, so the tests' odd shapes
-#: hit every masking path, and no autotuning (timings there mean nothing).
-INTERPRETER_CONFIG = _config(32, 32, 32, 1, 4)
-
-#: What runs on a GPU for problems below ``AUTOTUNE_MIN_WORK``: fits the
-#: shared memory of every GPU in the course, even in fp32 (48 KB).
-SMALL_PROBLEM_CONFIG = _config(64, 64, 32, 3, 4)
-
-#: Problems with ``M·N·K`` below this (256³) run ``SMALL_PROBLEM_CONFIG``: they
-#: take a few µs, mostly launch latency, and timing a dozen candidate configs
-#: would cost far more than the best one could save.
-AUTOTUNE_MIN_WORK = 256**3
-
-
-def smem_bytes(config: triton.Config, element_size: int) -> int:
-    """Shared memory a configuration's software pipeline needs, approximately:
-    ``num_stages`` buffers of one ``BLOCK_M × BLOCK_K`` slab of ``a`` and one
-    ``BLOCK_K × BLOCK_N`` slab of ``b``."""
-    kw = config.kwargs
-    return config.num_stages * (kw["BLOCK_M"] * kw["BLOCK_K"] + kw["BLOCK_K"] * kw["BLOCK_N"]) * element_size
-
-
-@functools.lru_cache(maxsize=None)
-def _device_limits(index: int) -> tuple[tuple[int, int], int]:
-    """(compute capability, shared memory per block in bytes) of CUDA device ``index``."""
-    props = torch.cuda.get_device_properties(index)
-    try:
-        smem = triton.runtime.driver.active.utils.get_device_properties(index)["max_shared_mem"]
-    except Exception:  # an older or newer Triton without this helper
-        smem = getattr(props, "shared_memory_per_block_optin", 48 * 1024)
-    return (props.major, props.minor), int(smem)
-
-
-def config_list(capability: tuple[int, int]) -> list[triton.Config]:
-    """The named list for a compute capability: Hopper and newer, A100, or the small one."""
-    if capability >= (9, 0):
-        return HOPPER_CONFIGS
-    if capability == (8, 0):
-        return AMPERE_CONFIGS
-    return SMALL_SMEM_CONFIGS
-
-
-def _fits_problem(config: triton.Config, M: int, N: int, smallest_m: int, smallest_n: int) -> bool:
-    # A tile taller (wider) than the problem rounded up to a power of two computes
-    # mostly padding; the smallest tile of the list is always allowed.
-    kw = config.kwargs
-    return (kw["BLOCK_M"] <= max(smallest_m, triton.next_power_of_2(M))
-            and kw["BLOCK_N"] <= max(smallest_n, triton.next_power_of_2(N)))
-
-
-def configs_for(capability: tuple[int, int], max_smem: int, element_size: int,
-                M: int | None = None, N: int | None = None) -> list[triton.Config]:
-    """The configurations worth timing: the device's list, minus those whose
-    pipeline needs more than ``max_smem`` bytes of shared memory and (given
-    ``M``, ``N``) those whose tile is much larger than the problem. Never empty:
-    if nothing fits, ``SMALL_PROBLEM_CONFIG`` remains."""
-    fitting = [c for c in config_list(capability) if smem_bytes(c, element_size) <= max_smem]
-    if not fitting:
-        return [SMALL_PROBLEM_CONFIG]
-    if M is not None and N is not None:
-        smallest_m = min(c.kwargs["BLOCK_M"] for c in fitting)
-        smallest_n = min(c.kwargs["BLOCK_N"] for c in fitting)
-        sized = [c for c in fitting if _fits_problem(c, M, N, smallest_m, smallest_n)]
-        fitting = sized or fitting
-    return fitting
-
-
-def _prune(configs, named_args, **kwargs):
-    """``early_config_prune`` hook of the autotuner: keep what suits this device and shape."""
-    a = named_args["a_ptr"]
-    capability, max_smem = _device_limits(a.device.index if a.device.index is not None
-                                          else torch.cuda.current_device())
-    return configs_for(capability, max_smem, a.element_size(), named_args["M"], named_args["N"])
-
-
-# ----------------------------------------------------------------------------
 # The kernel
 # ----------------------------------------------------------------------------
 
-@triton.jit
+# M (the number of tokens) is not specialised: Triton would otherwise compile a
+# separate kernel for M = 1 and for M a multiple of 16, a recompile as the batch changes.
+@triton.jit(do_not_specialize=["M"])
 def _matmul_kernel(
     a_ptr, b_ptr, c_ptr,
     M, N, K,
@@ -272,31 +149,9 @@ def _matmul_kernel(
     tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=mask)
 
 
-#: The same kernel behind ``triton.autotune``: times the pruned configurations
-#: once per (M, N, K, dtypes) and caches the fastest.
-def _time_config(kernel_call, quantiles):
-    # The autotuner times each configuration from CUDA-graph replays, i.e. the
-    # kernel alone. Timed from eager launches, a small product (1024³ runs in
-    # ~10 µs on an H100) is bound by the Python launch path, every configuration
-    # looks alike and the pick is a coin toss (seen: 0.43x cuBLAS, 2026-11-26).
-    return triton.testing.do_bench_cudagraph(kernel_call, rep=20, quantiles=quantiles)
-
-
-_matmul_kernel_autotuned = triton.autotune(
-    configs=HOPPER_CONFIGS + AMPERE_CONFIGS + SMALL_SMEM_CONFIGS,
-    key=["M", "N", "K"],
-    prune_configs_by={"early_config_prune": _prune},
-    do_bench=_time_config,
-)(_matmul_kernel)
-
-
 # ----------------------------------------------------------------------------
 # The launcher
 # ----------------------------------------------------------------------------
-
-#: (M, N, K, dtype, device, precision) -> the configuration the autotuner picked
-_tuned: dict[tuple, triton.Config] = {}
-
 
 def _kernel_flags(dtype: torch.dtype) -> dict:
     """Compile-time flags that depend on the machine and the input type."""
@@ -307,8 +162,14 @@ def _kernel_flags(dtype: torch.dtype) -> dict:
     return {"UPCAST": device.INTERPRET, "INPUT_PRECISION": precision}
 
 
-def _grid(M: int, N: int):
-    return lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)
+def _grid(M: int, N: int, config: triton.Config) -> tuple[int]:
+    return (triton.cdiv(M, config.kwargs["BLOCK_M"]) * triton.cdiv(N, config.kwargs["BLOCK_N"]),)
+
+
+def _tuning_key(M: int, N: int, K: int, dtype: torch.dtype, index, precision: str) -> tuple:
+    # M is the number of tokens: it changes with every batch, so it is bucketed
+    # (powers of two); N and K are a layer's weight shape and stay exact.
+    return (_tuning.bucket(M), N, K, dtype, index, precision)
 
 
 def matmul(a: torch.Tensor, b: torch.Tensor, *, config: triton.Config | None = None) -> torch.Tensor:
@@ -316,8 +177,9 @@ def matmul(a: torch.Tensor, b: torch.Tensor, *, config: triton.Config | None = N
     or fp32) on one device; returns ``(M, N)`` in that dtype. Any strides.
 
     ``config`` pins one ``triton.Config`` (keys ``BLOCK_M``, ``BLOCK_N``,
-    ``BLOCK_K``, ``GROUP_M``, plus ``num_warps`` and ``num_stages``) instead of
-    autotuning: for experiments with tile sizes and for deterministic runs.
+    ``BLOCK_K`` — powers of two, at least 16 — and ``GROUP_M`` ≥ 1, plus
+    ``num_warps`` and ``num_stages``) instead of tuning: for experiments with
+    tile sizes and for deterministic runs.
     """
     check_tensor("matmul", "a", a, ndim=2)
     check_tensor("matmul", "b", b, ndim=2)
@@ -330,8 +192,8 @@ def matmul(a: torch.Tensor, b: torch.Tensor, *, config: triton.Config | None = N
     if K != K_b:
         raise ValueError(f"matmul: a is (M, K)={tuple(a.shape)} but b is {tuple(b.shape)}: "
                          f"a.shape[1] must equal b.shape[0]")
-    if config is not None and not {"BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M"} <= set(config.kwargs):
-        raise ValueError(f"matmul: config must set BLOCK_M, BLOCK_N, BLOCK_K and GROUP_M, got {config}")
+    if config is not None:
+        _tuning.check_config("matmul", config, _tuning.MATMUL_BLOCKS, _tuning.MATMUL_COUNTS)
     c = torch.empty((M, N), device=a.device, dtype=a.dtype)
     if M == 0 or N == 0:
         return c
@@ -341,32 +203,25 @@ def matmul(a: torch.Tensor, b: torch.Tensor, *, config: triton.Config | None = N
     args = (a, b, c, M, N, K,
             a.stride(0), a.stride(1), b.stride(0), b.stride(1), c.stride(0), c.stride(1))
     flags = _kernel_flags(a.dtype)
-    if config is None and not device.INTERPRET and M * N * K >= AUTOTUNE_MIN_WORK:
-        key = (M, N, K, a.dtype, a.device.index, flags["INPUT_PRECISION"])
-        config = _tuned.get(key)
-        if config is None:
-            # First call for this shape: the autotuner times the pruned list, then we
-            # keep its pick and launch the plain kernel from now on, which skips the
-            # autotuner's per-call Python work (~25 µs on the H100 host, enough to
-            # show in the timing of a 1024³ product).
-            _matmul_kernel_autotuned[_grid(M, N)](*args, **flags)
-            _tuned[key] = _matmul_kernel_autotuned.best_config
-            return c
+
+    def launch(cfg: triton.Config):
+        return _matmul_kernel[_grid(M, N, cfg)](*args, **cfg.kwargs, **flags,
+                                                num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+
     if config is None:
-        config = INTERPRETER_CONFIG if device.INTERPRET else SMALL_PROBLEM_CONFIG
-    _matmul_kernel[_grid(M, N)](*args, **config.kwargs, **flags,
-                                num_warps=config.num_warps, num_stages=config.num_stages)
+        # Tuned once per (bucketed) shape on a GPU: the first call times the candidates.
+        config = _tuning.MATMUL.choose(
+            _tuning_key(M, N, K, a.dtype, a.device.index, flags["INPUT_PRECISION"]), launch,
+            tune=M * N * K >= _tuning.MATMUL_TUNE_MIN_WORK,
+            element_size=a.element_size(), shape={"M": M, "N": N})
+    launch(config)
     return c
 
 
 def best_config(a: torch.Tensor, b: torch.Tensor) -> triton.Config | None:
-    """The configuration the autotuner picked for ``a @ b`` (after a call to
+    """The configuration the tuner picked for ``a @ b`` (after a call to
     ``matmul(a, b)`` with these shapes and dtype), or None if it has not tuned
     it (CPU interpreter, small problems, or not called yet)."""
     (M, K), (_, N) = a.shape, b.shape
-    key = (M, N, K, a.dtype, a.device.index, _kernel_flags(a.dtype)["INPUT_PRECISION"])
-    return _tuned.get(key)
-
-
-__all__ = ["matmul", "matmul_ref", "HOPPER_CONFIGS", "AMPERE_CONFIGS", "SMALL_SMEM_CONFIGS",
-           "INTERPRETER_CONFIG", "SMALL_PROBLEM_CONFIG", "configs_for", "config_list", "smem_bytes"]
+    key = _tuning_key(M, N, K, a.dtype, a.device.index, _kernel_flags(a.dtype)["INPUT_PRECISION"])
+    return _tuning.MATMUL.cache.get(key)

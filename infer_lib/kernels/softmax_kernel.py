@@ -51,15 +51,11 @@ import torch
 import triton
 import triton.language as tl
 
+from . import _tuning
 from ._checks import check_tensor
 
-#: Widest row (in entries) that ``_softmax_kernel`` keeps whole on chip; wider rows
-#: take the online, two-pass kernel. 32768 values over 16 warps (512 threads) are
-#: 64 fp32 values a thread: ptxas (sm_90, triton 3.7.1) gives 128 registers and
-#: no spills, in 16-bit and fp32 alike.
-MAX_FUSED_BLOCK = 32768
-#: Block of the online kernel's loop over a wide row.
-ONLINE_BLOCK = 8192
+#: Widest row kept whole on chip (one pass); wider rows take the online kernel.
+MAX_FUSED_BLOCK = _tuning.SOFTMAX_MAX_FUSED_BLOCK
 
 
 def softmax_ref(x: torch.Tensor) -> torch.Tensor:
@@ -129,20 +125,6 @@ def _softmax_online_kernel(x_ptr, out_ptr, n_cols, stride_x, stride_out, BLOCK: 
         tl.store(out_row + cols, out.to(out_ptr.dtype.element_ty), mask=cols < n_cols)
 
 
-def _fused_config(n_cols: int, element_size: int) -> tuple[int, int, int]:
-    """(BLOCK, ROWS, num_warps) for ``_softmax_kernel``: about 16 KB of input per tile.
-
-    Narrow rows are packed several to a tile so each program has enough loads in
-    flight to cover HBM latency; wide rows get one row and up to 16 warps.
-    ``tools/tune_attention.py`` measures the alternatives on a GPU.
-    """
-    block = max(16, triton.next_power_of_2(n_cols))
-    rows = max(1, min(64, 16384 // (block * element_size)))
-    elems = rows * block
-    num_warps = 4 if elems <= 2048 else 8 if elems <= 8192 else 16
-    return block, rows, num_warps
-
-
 def _launch_fused(x2: torch.Tensor, out2: torch.Tensor, block: int, rows: int, num_warps: int,
                   num_stages: int = 1, programs: int | None = None):
     """Run ``_softmax_kernel`` on 2-D ``x2 (n_rows, n_cols)``.
@@ -157,7 +139,8 @@ def _launch_fused(x2: torch.Tensor, out2: torch.Tensor, block: int, rows: int, n
                                  BLOCK=block, ROWS=rows, NUM_STAGES=num_stages, num_warps=num_warps)
 
 
-def _launch_online(x2: torch.Tensor, out2: torch.Tensor, block: int = ONLINE_BLOCK, num_warps: int = 16):
+def _launch_online(x2: torch.Tensor, out2: torch.Tensor, block: int = _tuning.SOFTMAX_ONLINE.kwargs["BLOCK"],
+                   num_warps: int = _tuning.SOFTMAX_ONLINE.num_warps):
     n_rows, n_cols = x2.shape
     return _softmax_online_kernel[(n_rows,)](x2, out2, n_cols, x2.stride(0), out2.stride(0),
                                              BLOCK=block, num_warps=num_warps)
@@ -188,8 +171,8 @@ def softmax(x: torch.Tensor) -> torch.Tensor:
     x2 = x.reshape(-1, n_cols)
     out2 = out.view(-1, n_cols)
     if n_cols <= MAX_FUSED_BLOCK:
-        block, rows, num_warps = _fused_config(n_cols, x.element_size())
-        _launch_fused(x2, out2, block, rows, num_warps)
+        cfg = _tuning.softmax_config(n_cols, x.element_size())
+        _launch_fused(x2, out2, cfg.kwargs["BLOCK"], cfg.kwargs["ROWS"], cfg.num_warps)
     else:
         _launch_online(x2, out2)
     return out

@@ -21,6 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
+from . import _tuning
 from ._checks import check_same, check_tensor
 
 
@@ -60,9 +61,7 @@ def vector_add(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     n = out.numel()
     if n == 0:
         return out
-    # 4096 elements per program: 16 KB of fp32 loads in flight per operand, enough
-    # to keep an SM's memory pipeline busy; the CPU interpreter prefers fewer programs.
-    block = 4096
-    grid = (triton.cdiv(n, block),)
-    _vector_add_kernel[grid](x, y, out, n, BLOCK_SIZE=block, num_warps=4)
+    cfg = _tuning.VECTOR_ADD                   # BLOCK_SIZE elements per program
+    grid = (triton.cdiv(n, cfg.kwargs["BLOCK_SIZE"]),)
+    _vector_add_kernel[grid](x, y, out, n, **cfg.kwargs, num_warps=cfg.num_warps)
     return out

@@ -1,0 +1,335 @@
+"""Which block sizes each kernel runs with: configurations, pruning and the tuned-config cache.
+
+A kernel file reads like a tutorial — math, reference, ``@triton.jit`` kernel,
+launcher. Everything about *which* configuration to run lives here, once, with
+one mechanism for every kernel:
+
+* **Configuration lists per architecture class**, not per card: ``"hopper"``
+  (sm_90 and newer data-centre parts: H100, H200, B200; about 227 KB of shared
+  memory per block), ``"ampere"`` (sm_80, the A100: 163 KB) and ``"small_smem"``
+  (everything with about 100 KB or less: T4, L4, RTX cards, V100). What holds
+  on one Hopper card is then likely to hold on the other.
+* **Pruning** by the device's shared memory (``max_shared_memory``, the one
+  place that asks the driver) and by the problem's shape: a configuration whose
+  software pipeline does not fit is never compiled, so a T4 never tries an
+  H100's tiles.
+* **A cache of tuned picks** keyed on *bucketed* shapes (``bucket``: the next
+  power of two), so a new prompt length reuses the pick of its bucket instead of
+  timing a dozen configurations again.
+* **Timing** of the candidates with Triton's own ``do_bench_cudagraph``: the
+  kernel replayed from a CUDA graph, so the Python launch path does not hide the
+  differences between configurations of a small, fast problem.
+
+In Triton's CPU interpreter nothing is timed (the interpreter's speed says
+nothing about a GPU): each kernel runs its ``interpreter`` configuration, whose
+small tiles give the tests' tiny inputs several tiles and masked edges.
+
+This module imports no kernel and nothing above ``infer_lib.kernels``.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import triton
+
+from .. import device
+
+# ----------------------------------------------------------------------------
+# The machine
+# ----------------------------------------------------------------------------
+
+#: CUDA's limit on the second and third grid dimensions; the first allows 2**31 − 1.
+MAX_GRID_YZ = 65535
+
+
+def arch_class(capability: tuple[int, int] | None) -> str:
+    """``"hopper"``, ``"ampere"`` or ``"small_smem"`` for a compute capability (None: the interpreter)."""
+    if capability is None:
+        return "interpreter"
+    if capability >= (9, 0) and capability[0] != 12:   # sm_120 (RTX 50) has ~100 KB per block
+        return "hopper"
+    if capability == (8, 0):
+        return "ampere"
+    return "small_smem"
+
+
+def max_shared_memory(index: int | None = None) -> int:
+    """Shared memory one program may use on CUDA device ``index`` (default: the current one), in bytes:
+    227 KB on an H100 or H200, 163 KB on an A100, 99 KB on an L4, 64 KB on a T4.
+    Without a GPU (the interpreter) there is no limit to respect: a very large number."""
+    if not device.HAS_GPU:
+        return 1 << 30
+    return _max_shared_memory(torch.cuda.current_device() if index is None else index)
+
+
+@functools.lru_cache(maxsize=None)
+def _max_shared_memory(index: int) -> int:
+    try:
+        return int(triton.runtime.driver.active.utils.get_device_properties(index)["max_shared_mem"])
+    except Exception:  # a Triton without this helper: ask PyTorch
+        props = torch.cuda.get_device_properties(index)
+        return int(getattr(props, "shared_memory_per_block_optin", 48 * 1024))
+
+
+def bucket(n: int) -> int:
+    """The cache bucket of a length: the next power of two (1, 2, 4, …)."""
+    return triton.next_power_of_2(max(1, int(n)))
+
+
+# ----------------------------------------------------------------------------
+# Configurations and their checks
+# ----------------------------------------------------------------------------
+
+def _is_pow2(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x > 0 and (x & (x - 1)) == 0
+
+
+def check_config(op: str, config, blocks: dict[str, int], counts: tuple[str, ...] = ()) -> None:
+    """Refuse a hand-written ``triton.Config`` with a message that names the bad value.
+
+    ``blocks`` maps each block-size key to its smallest allowed value (block
+    sizes must be powers of two: ``tl.arange`` needs them, and ``tl.dot`` needs
+    at least 16 along each side); ``counts`` are keys that must be integers ≥ 1.
+    """
+    if not isinstance(config, triton.Config):
+        raise TypeError(f"{op}: config must be a triton.Config, got {type(config).__name__}")
+    kw = config.kwargs
+    missing = [k for k in (*blocks, *counts) if k not in kw]
+    if missing:
+        raise ValueError(f"{op}: config must set {', '.join((*blocks, *counts))}; it lacks {', '.join(missing)}")
+    for k, least in blocks.items():
+        v = kw[k]
+        if not _is_pow2(v) or v < least:
+            raise ValueError(f"{op}: config {k}={v!r} must be a power of two ≥ {least}")
+    for k in counts:
+        v = kw[k]
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ValueError(f"{op}: config {k}={v!r} must be an integer ≥ 1")
+    if not _is_pow2(config.num_warps) or config.num_warps > 32:
+        raise ValueError(f"{op}: config num_warps={config.num_warps!r} must be a power of two from 1 to 32")
+    if not isinstance(config.num_stages, int) or config.num_stages < 1:
+        raise ValueError(f"{op}: config num_stages={config.num_stages!r} must be an integer ≥ 1")
+
+
+@dataclass
+class KernelConfigs:
+    """The configurations of one kernel and how to choose among them.
+
+    ``lists`` maps an architecture class to the configurations worth timing
+    there (``"default"`` serves classes without their own list);
+    ``smem_bytes(config, element_size, shape)`` estimates a configuration's
+    shared memory; ``fits(config, shape)`` says whether its tiles suit the
+    problem's (bucketed) shape; ``fallbacks`` are tried in order for problems
+    not worth timing (the first that fits the shared memory wins);
+    ``interpreter`` is what the CPU interpreter runs.
+    """
+
+    name: str
+    lists: dict[str, list[triton.Config]]
+    smem_bytes: Callable[[triton.Config, int, dict], int]
+    fallbacks: list[triton.Config]
+    interpreter: triton.Config
+    fits: Callable[[triton.Config, dict], bool] = lambda config, shape: True
+    #: picks of the tuner: key -> configuration
+    cache: dict[tuple, triton.Config] = field(default_factory=dict)
+
+    def config_list(self, capability: tuple[int, int] | None) -> list[triton.Config]:
+        cls = arch_class(capability)
+        return self.lists.get(cls, self.lists["default"])
+
+    def candidates(self, capability, max_smem: int, element_size: int, shape: dict) -> list[triton.Config]:
+        """The configurations worth timing: the class's list, minus those whose pipeline
+        overflows ``max_smem`` bytes and (where some remain) those too large for the shape.
+        Never empty: if nothing fits, the fixed choice remains."""
+        fitting = [c for c in self.config_list(capability) if self.smem_bytes(c, element_size, shape) <= max_smem]
+        if not fitting:
+            return [self.fixed(element_size, shape, max_smem)]
+        return [c for c in fitting if self.fits(c, shape)] or fitting
+
+    def fixed(self, element_size: int, shape: dict, max_smem: int | None = None) -> triton.Config:
+        """The configuration of an untuned launch: the interpreter's, or the first fallback that fits."""
+        if device.INTERPRET:
+            return self.interpreter
+        limit = max_shared_memory() if max_smem is None else max_smem
+        for c in self.fallbacks:
+            if self.smem_bytes(c, element_size, shape) <= limit:
+                return c
+        return self.fallbacks[-1]
+
+    def choose(self, key: tuple, launch: Callable[[triton.Config], object], *, tune: bool,
+               element_size: int, shape: dict) -> triton.Config:
+        """The configuration to launch: tuned (and cached under ``key``) when ``tune`` is set on a
+        GPU, otherwise the fixed choice. ``launch(config)`` runs the kernel once with ``config``.
+
+        Tuning times every candidate with ``triton.testing.do_bench_cudagraph``; a candidate that
+        does not compile on this GPU (out of shared memory or registers) is skipped. The caller
+        launches the returned configuration itself: timing leaves the output in an unknown state.
+        """
+        if not tune or device.INTERPRET:
+            return self.fixed(element_size, shape)
+        picked = self.cache.get(key)
+        if picked is not None:
+            return picked
+        index = torch.cuda.current_device()
+        candidates = self.candidates(device.capability(), max_shared_memory(index), element_size, shape)
+        best, best_ms = None, float("inf")
+        for config in candidates:
+            try:
+                ms = triton.testing.do_bench_cudagraph(lambda: launch(config), rep=20, return_mode="median")
+            except triton.runtime.errors.OutOfResources:
+                continue
+            if ms < best_ms:
+                best, best_ms = config, ms
+        if best is None:
+            best = self.fixed(element_size, shape)
+        self.cache[key] = best
+        return best
+
+
+# ----------------------------------------------------------------------------
+# matmul (chapter 3)
+# ----------------------------------------------------------------------------
+
+def _mm(bm: int, bn: int, bk: int, stages: int, warps: int, group_m: int = 8) -> triton.Config:
+    return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": group_m},
+                         num_stages=stages, num_warps=warps)
+
+
+def _mm_smem(config: triton.Config, element_size: int, shape: dict | None = None) -> int:
+    """``num_stages`` buffers of one ``BLOCK_M × BLOCK_K`` slab of a and one ``BLOCK_K × BLOCK_N`` slab of b."""
+    kw = config.kwargs
+    return config.num_stages * (kw["BLOCK_M"] * kw["BLOCK_K"] + kw["BLOCK_K"] * kw["BLOCK_N"]) * element_size
+
+
+def _mm_fits(config: triton.Config, shape: dict) -> bool:
+    # A tile taller (wider) than the problem rounded up to a power of two computes
+    # mostly padding; 64 rows and columns are always allowed (the smallest Hopper tile).
+    kw = config.kwargs
+    return kw["BLOCK_M"] <= max(64, bucket(shape["M"])) and kw["BLOCK_N"] <= max(64, bucket(shape["N"]))
+
+
+MATMUL = KernelConfigs(
+    name="matmul",
+    lists={
+        # sm_90: a 128×256 tile with 8 warps (two warpgroups) keeps wgmma fed; 64-row
+        # tiles serve skinny, decode-like problems, where 128 rows would be mostly padding.
+        "hopper": [
+            _mm(128, 256, 64, 3, 8), _mm(256, 128, 64, 3, 8), _mm(128, 256, 64, 4, 8),
+            _mm(128, 128, 64, 4, 4), _mm(128, 128, 64, 4, 8), _mm(128, 128, 64, 5, 8),
+            _mm(128, 128, 128, 3, 8), _mm(128, 64, 64, 4, 4), _mm(64, 128, 64, 4, 4),
+            _mm(64, 64, 128, 4, 4), _mm(64, 128, 128, 3, 4),
+        ],
+        # sm_80 (A100): the configurations of Triton's matmul tutorial.
+        "ampere": [
+            _mm(128, 256, 64, 3, 8), _mm(64, 256, 32, 4, 4), _mm(128, 128, 64, 3, 4),
+            _mm(128, 128, 32, 4, 4), _mm(128, 64, 32, 4, 4), _mm(64, 128, 32, 4, 4),
+            _mm(128, 32, 32, 4, 4), _mm(64, 64, 64, 4, 4), _mm(64, 32, 32, 5, 2),
+        ],
+        # ≤ 100 KB of shared memory per block.
+        "small_smem": [
+            _mm(128, 128, 32, 2, 4), _mm(128, 64, 32, 3, 4), _mm(64, 128, 32, 3, 4),
+            _mm(64, 64, 32, 4, 4), _mm(32, 64, 32, 4, 2),
+        ],
+    },
+    smem_bytes=_mm_smem,
+    fits=_mm_fits,
+    # 64×64×32 with 3 stages fits every GPU of the course, even in fp32 (48 KB).
+    fallbacks=[_mm(64, 64, 32, 3, 4)],
+    interpreter=_mm(32, 32, 32, 1, 4),
+)
+MATMUL.lists["default"] = MATMUL.lists["small_smem"]
+
+#: Products with ``M·N·K`` below this (256³) are not tuned: they take a few µs,
+#: mostly launch latency, and timing a dozen configurations would cost far more
+#: than the best one could save.
+MATMUL_TUNE_MIN_WORK = 256**3
+
+#: What a hand-written ``matmul(config=...)`` must set, with each block's minimum.
+MATMUL_BLOCKS = {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16}
+MATMUL_COUNTS = ("GROUP_M",)
+
+
+# ----------------------------------------------------------------------------
+# flash_attention (chapter 4)
+# ----------------------------------------------------------------------------
+
+def _fa(bm: int, bn: int, warps: int, stages: int) -> triton.Config:
+    return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=warps, num_stages=stages)
+
+
+def _fa_smem(config: triton.Config, element_size: int, shape: dict) -> int:
+    """The q tile plus ``num_stages`` buffers of a k and a v tile."""
+    bm, bn = config.kwargs["BLOCK_M"], config.kwargs["BLOCK_N"]
+    return (bm + 2 * max(config.num_stages, 1) * bn) * shape["D"] * element_size
+
+
+FLASH_ATTENTION = KernelConfigs(
+    name="flash_attention",
+    lists={
+        # Chosen on the H100; smaller GPUs keep those whose tiles fit. 128×128 tiles
+        # need 8 warps: with 4, ptxas (sm_90, triton 3.7.1) spills registers at D = 64 and 128.
+        "default": [_fa(128, 64, w, s) for w in (4, 8) for s in (2, 3, 4)]
+                   + [_fa(128, 128, 8, s) for s in (2, 3, 4)]
+                   + [_fa(64, 64, 4, s) for s in (2, 3)],
+    },
+    smem_bytes=_fa_smem,
+    fallbacks=[_fa(64, 64, 4, 2), _fa(64, 32, 4, 2), _fa(32, 32, 4, 1), _fa(16, 16, 4, 1)],
+    # 32×32 tiles still give tiny test inputs several tiles to mask.
+    interpreter=_fa(32, 32, 4, 1),
+)
+
+#: fp32 attention runs its matmuls as exact fp32 FMAs (no tensor cores): small
+#: tiles, or the registers spill (checked with ptxas for sm_80 and sm_90 at D = 128).
+#: Correct, not fast; never tuned.
+FLASH_ATTENTION_FP32 = KernelConfigs(
+    name="flash_attention_fp32",
+    lists={"default": []},
+    smem_bytes=_fa_smem,
+    fallbacks=[_fa(16, 32, 4, 2), _fa(16, 16, 4, 1)],
+    interpreter=FLASH_ATTENTION.interpreter,
+)
+
+#: Attention with fewer than this many scores per head (``S_q · S_k``) is not
+#: tuned: short prompts take the first fitting fallback instead of paying for
+#: compiling and timing every configuration.
+FLASH_ATTENTION_TUNE_MIN_SCORES = 1024 * 1024
+
+
+# ----------------------------------------------------------------------------
+# softmax (chapter 4)
+# ----------------------------------------------------------------------------
+
+#: Widest row (in entries) that the one-pass kernel keeps whole on chip; wider rows
+#: take the online, two-pass kernel. 32768 values over 16 warps (512 threads) are
+#: 64 fp32 values a thread: ptxas (sm_90, triton 3.7.1) gives 128 registers and
+#: no spills, in 16-bit and fp32 alike.
+SOFTMAX_MAX_FUSED_BLOCK = 32768
+
+#: The online kernel's loop over a wide row: BLOCK entries per step.
+SOFTMAX_ONLINE = triton.Config({"BLOCK": 8192}, num_warps=16)
+
+
+def softmax_config(n_cols: int, element_size: int) -> triton.Config:
+    """``BLOCK``, ``ROWS`` and ``num_warps`` of the one-pass kernel: about 16 KB of input per tile.
+
+    Narrow rows are packed several to a tile so that each program has enough
+    loads in flight to cover HBM latency; wide rows get one row and up to 16 warps.
+    """
+    block = max(16, triton.next_power_of_2(n_cols))
+    rows = max(1, min(64, 16384 // (block * element_size)))
+    elems = rows * block
+    num_warps = 4 if elems <= 2048 else 8 if elems <= 8192 else 16
+    return triton.Config({"BLOCK": block, "ROWS": rows}, num_warps=num_warps)
+
+
+# ----------------------------------------------------------------------------
+# vector_add (chapter 1)
+# ----------------------------------------------------------------------------
+
+#: 4096 elements per program: 16 KB of fp32 loads in flight per operand, enough
+#: to keep an SM's memory pipeline busy.
+VECTOR_ADD = triton.Config({"BLOCK_SIZE": 4096}, num_warps=4)
