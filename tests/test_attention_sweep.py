@@ -131,14 +131,15 @@ def test_tile_counts():
         sweep_mod.tile_map(10, 10, 16, 0)
 
 
-@pytest.mark.skipif(not device.INTERPRET, reason="the interpreter's tile is fixed (INTERPRETER_CONFIG); "
+@pytest.mark.skipif(not device.INTERPRET, reason="the interpreter's tile is fixed (_tuning.FLASH_ATTENTION.interpreter); "
                                                 "on a GPU the launcher autotunes")
 @pytest.mark.filterwarnings("ignore:All-NaN slice:RuntimeWarning")   # query tile 1 reads the NaN, as it must
 def test_the_kernel_never_reads_skipped_tiles():
     """NaN in the key/value tiles that tile_map says query tile 0 skips must not reach its output
     (a loaded NaN value would: 0 · NaN = NaN in p @ v, even where p is masked to 0)."""
     from infer_lib.kernels import flash_attention
-    from infer_lib.kernels.flash_attention_kernel import INTERPRETER_CONFIG
+    from infer_lib.kernels._tuning import FLASH_ATTENTION
+    INTERPRETER_CONFIG = FLASH_ATTENTION.interpreter
     from infer_lib.reference import attention_ref
 
     BM, BN = INTERPRETER_CONFIG.kwargs["BLOCK_M"], INTERPRETER_CONFIG.kwargs["BLOCK_N"]
