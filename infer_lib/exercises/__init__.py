@@ -1,6 +1,6 @@
 """Exercises with automatic checks, the same mechanism in every chapter.
 
-The convention (the README's contributor section says it too):
+The convention (CONTRIBUTING.md, "Exercises", says it too):
 
 1. A markdown cell states the exercise: ``**Exercise 1.2** — ...``.
 2. The reader's cell, tagged ``exercise``, ``raises-exception`` and
