@@ -1,5 +1,5 @@
-"""The GPUs of the course: a cited table of datasheet figures, detection of the
-GPU this code runs on, and two microbenchmarks that measure what it really does.
+"""The GPUs of the course: a cited table of datasheet figures, and detection of
+the GPU this code runs on.
 
 Every figure in ``SPECS`` comes from the sources listed in its row: NVIDIA's
 datasheet for the peaks, memory and links, and — where a datasheet leaves them
@@ -25,21 +25,20 @@ Conventions (units are in the field names):
 * L2 in MB and shared memory in KB as NVIDIA quotes them, which are binary
   units (the H100's "50 MB" of L2 is 50 × 2**20 bytes).
 
-Peaks are ceilings, not promises: ``measure_copy_bandwidth`` and
-``measure_matmul_flops`` (or ``python -m infer_lib.hardware --out-dir DIR``)
-show how close a real GPU gets.
+Peaks are ceilings, not promises: ``infer_lib.measure.copy_bandwidth`` and
+``infer_lib.measure.matmul_flops`` (swept over sizes by ``python -m
+infer_lib.experiments.ceilings --out-dir DIR``) show how close a real GPU gets.
+This module only describes GPUs; it measures nothing and imports nothing that does.
 """
 
 from __future__ import annotations
 
-import argparse
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
-from . import device, measure
+from . import device
 
 
 @dataclass(frozen=True)
@@ -202,7 +201,8 @@ SPECS: dict[str, GPUSpec] = {
         notes="The course's reference GPU (device name 'NVIDIA H100 80GB HBM3'), 700 W SXM5. "
               "Tensor peaks are half the datasheet's sparse figures (1979 → 989.5 TFLOP/s "
               "BF16); the whitepaper lists 989.4 dense. Sustained cuBLAS throughput is "
-              "lower: measure it with measure_matmul_flops. SMs, L2 and shared memory from the Hopper whitepaper and tuning guide.",
+              "lower: measure it with infer_lib.measure.matmul_flops. SMs, L2 and shared memory "
+              "from the Hopper whitepaper and tuning guide.",
     ),
     "h100_pcie": GPUSpec(
         key="h100_pcie", name="H100 PCIe 80GB", architecture="Hopper", compute_capability="9.0",
@@ -423,7 +423,7 @@ def spec_from_properties(props) -> GPUSpec:
         match=(),
         notes="Not in infer_lib.hardware.SPECS: built from what the driver reports. Peak "
               "FLOP/s and memory bandwidth are unknown; measure them with "
-              "measure_matmul_flops and measure_copy_bandwidth.",
+              "infer_lib.measure.matmul_flops and infer_lib.measure.copy_bandwidth.",
     )
 
 
@@ -436,111 +436,3 @@ def detect() -> GPUSpec | None:
     if spec is not None:
         return spec
     return spec_from_properties(torch.cuda.get_device_properties(torch.cuda.current_device()))
-
-
-# ----------------------------------------------------------------------------
-# Microbenchmarks (GPU only)
-# ----------------------------------------------------------------------------
-
-def measure_copy_bandwidth(sizes_bytes, dtype: torch.dtype = torch.float32) -> list[dict]:
-    """Device-to-device copy bandwidth for buffers of ``sizes_bytes`` bytes.
-
-    Times a copy kernel (``dst = src * 1``) replayed from a CUDA graph with L2
-    left warm, so buffers that fit in L2 show L2's bandwidth and larger ones
-    HBM's. Bandwidth counts bytes read plus bytes written: 2 × size.
-    """
-    measure._require_gpu("measure_copy_bandwidth")
-    itemsize = dtype.itemsize
-    records = []
-    for size in sizes_bytes:
-        numel = int(size) // itemsize
-        if numel < 1:
-            raise ValueError(f"buffer of {size} bytes holds no {dtype} element ({itemsize} bytes)")
-        src = torch.randn(numel, dtype=dtype, device=device.DEVICE)
-        dst = torch.empty_like(src)
-        nbytes = numel * itemsize
-        # Reads src once, writes dst once. Not dst.copy_(src): captured in a CUDA graph it
-        # becomes a memcpy node, which on an H100 (driver 580.159, 2026-11-26) moved
-        # 2.4 TB/s for buffers of 512 MiB and more, against 3.0 TB/s for this kernel and
-        # for copy_ outside a graph; below that size the two agree.
-        t = measure.bench_us_hot(lambda: torch.mul(src, 1, out=dst))
-        records.append({"bytes": nbytes, "us": t, "GBps": 2 * nbytes / t / 1e3})
-        del src, dst  # the sweep climbs to GiB buffers: free each before the next
-    return records
-
-
-def measure_matmul_flops(sizes, dtype: torch.dtype | None = None) -> list[dict]:
-    """FLOP/s of ``torch.matmul`` on square n×n @ n×n matrices (cuBLAS).
-
-    2·n³ FLOPs per product, timed with ``measure.bench_us`` (L2 flushed,
-    median). ``dtype`` defaults to ``device.default_dtype()``. float32 runs on
-    the plain FP32 units unless ``torch.backends.cuda.matmul.allow_tf32`` is on.
-    """
-    measure._require_gpu("measure_matmul_flops")
-    dtype = device.default_dtype() if dtype is None else dtype
-    records = []
-    for n in sizes:
-        a = torch.randn(n, n, dtype=dtype, device=device.DEVICE)
-        b = torch.randn(n, n, dtype=dtype, device=device.DEVICE)
-        t = measure.bench_us(lambda: torch.matmul(a, b))
-        records.append({"n": n, "us": t, "TFLOPs": 2 * n**3 / t / 1e6})
-        del a, b
-    return records
-
-
-def main(argv=None) -> None:
-    """``python -m infer_lib.hardware --out-dir DIR [--profile NAME]``: run both
-    sweeps at the profile's sizes and write ``copy_bandwidth_<gpu>.json`` and
-    ``matmul_flops_<gpu>.json`` into DIR."""
-    parser = argparse.ArgumentParser(
-        prog="python -m infer_lib.hardware",
-        description="Measure this GPU's copy bandwidth and matmul FLOP/s and write them as "
-                    "measurement files.",
-    )
-    parser.add_argument("--out-dir", required=True, type=Path,
-                        help="folder for copy_bandwidth_<gpu>.json and matmul_flops_<gpu>.json")
-    parser.add_argument("--profile", choices=sorted(device.PROFILES),
-                        help="problem sizes (default: infer_lib.device.profile())")
-    args = parser.parse_args(argv)
-    if not device.HAS_GPU:
-        parser.exit(2, "python -m infer_lib.hardware needs a CUDA GPU: timings of the CPU "
-                       "say nothing about GPU bandwidth or FLOP/s. The shipped reference "
-                       "measurements are in infer_lib/data/.\n")
-    prof = device.PROFILES[args.profile] if args.profile else device.profile()
-    gpu = measure.gpu_key()
-    spec = detect()
-
-    copy = measure_copy_bandwidth(prof.copy_sizes)
-    copy_path = measure.save(
-        {"provenance": measure.provenance(),
-         "timing": "CUDA-graph replays, L2 not flushed, median",
-         "records": copy},
-        args.out_dir / f"copy_bandwidth_{gpu}.json",
-    )
-
-    dtypes = ([torch.bfloat16] if device.supports_bf16() else []) + [torch.float16, torch.float32]
-    flops = {device.dtype_name(dt): measure_matmul_flops(prof.matmul_sizes, dt) for dt in dtypes}
-    flops_path = measure.save(
-        {"provenance": measure.provenance(),
-         "timing": "triton.testing.do_bench, L2 flushed, median",
-         "float32_matmul_precision": torch.get_float32_matmul_precision(),
-         "records": flops},
-        args.out_dir / f"matmul_flops_{gpu}.json",
-    )
-
-    # One line per sweep: best measured against the datasheet, where the table has one.
-    best_copy = max(r["GBps"] for r in copy)
-    peak_bw = f" of {spec.bandwidth_GBps:.0f} GB/s peak" if spec and spec.bandwidth_GBps else ""
-    print(f"{spec.name if spec else gpu}: copy up to {best_copy:.0f} GB/s{peak_bw} -> {copy_path}")
-    for name, records in flops.items():
-        best = max(r["TFLOPs"] for r in records)
-        try:
-            peak = f" of {peak_tflops(spec, name):.0f} peak" if spec else ""
-        except ValueError:
-            peak = ""
-        print(f"  matmul {name}: up to {best:.0f} TFLOP/s{peak}")
-    print(f"  -> {flops_path}")
-
-
-if __name__ == "__main__":
-    main()

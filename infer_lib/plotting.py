@@ -108,15 +108,8 @@ def finish(ax, *, legend_loc: str = "best", note: str | None = None):
 
 
 def bytes_formatter(ax, axis: str = "x"):
-    """Tick labels like 4 KiB, 1 MiB, 2 GiB on a bytes axis."""
+    """Tick labels like 4 KiB, 1 MiB, 2 GiB on a bytes axis (``measure.format_bytes``)."""
     from matplotlib.ticker import FuncFormatter
 
-    def fmt(v, _pos):
-        for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-            if v >= scale:
-                q = v / scale
-                return f"{q:g} {unit}"
-        return f"{v:g} B"
-
-    getattr(ax, f"{axis}axis").set_major_formatter(FuncFormatter(fmt))
+    getattr(ax, f"{axis}axis").set_major_formatter(FuncFormatter(lambda v, _pos: measure.format_bytes(v)))
     return ax

@@ -29,6 +29,7 @@ Counts used here (``s`` = bytes per element):
 * matmul ``(M, K) @ (K, N)``: ``F = 2·M·N·K`` (a multiply and an add per
   term), ``Q = (M·K + K·N) · s_in + M·N · s_out`` — each input read once, the
   output written once. A square ``n³`` product in 16-bit has ``I = n / 3``.
+* attention: ``F = 4·B·H·S_q·S_k·D``, halved when causal (``attention_flops``).
 
 **Critical batch size.** A linear layer ``X (B×d) · W (d×d)`` does ``2·B·d²``
 FLOPs; for ``B ≪ d`` its bytes are dominated by the weights, ``d² · s_w``.
@@ -160,6 +161,18 @@ def matmul(M: int, N: int, K: int, dtype: torch.dtype | str,
               2 * M * N * K, (M * K + K * N) * s_in + M * N * s_out)
 
 
+def attention_flops(B: int, H: int, S_q: int, S_k: int, D: int, causal: bool) -> int:
+    """FLOPs of attention ``softmax(Q Kᵀ / √D) V`` for ``B`` sequences of ``H`` query heads,
+    as FlashAttention's papers and the benchmark count them: ``4 · B · H · S_q · S_k · D``
+    — two matmuls (``Q Kᵀ`` and ``P V``) of ``2 · S_q · S_k · D`` each per head — halved
+    (integer division) when ``causal``, for the useful lower triangle (exactly half only
+    when ``S_q = S_k``; the convention keeps the half either way). Softmax's exps are not
+    counted, and neither are the masked scores a naive version computes and throws away."""
+    B, H, S_q, S_k, D = (_count(n, v) for n, v in (("B", B), ("H", H), ("S_q", S_q), ("S_k", S_k), ("D", D)))
+    flops = 4 * B * H * S_q * S_k * D
+    return flops // 2 if causal else flops
+
+
 # ----------------------------------------------------------------------------
 # The roofline
 # ----------------------------------------------------------------------------
@@ -196,7 +209,7 @@ def ceilings(spec: hardware.GPUSpec, dtype: torch.dtype | str = torch.bfloat16) 
     peak = hardware.peak_tflops(spec, dtype)  # raises if the GPU has no such peak
     if not spec.bandwidth_GBps:
         raise ValueError(f"the memory bandwidth of {spec.name} is unknown: measure it with "
-                         "infer_lib.hardware.measure_copy_bandwidth")
+                         "infer_lib.measure.copy_bandwidth")
     return peak * 1e12, spec.bandwidth_GBps * 1e9
 
 

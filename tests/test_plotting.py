@@ -22,3 +22,14 @@ def test_legend_says_where_numbers_come_from():
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
     assert labels == ["copy [reference: NVIDIA H100 80GB HBM3, 2026-11-26]", "HBM3 peak [datasheet: H100 SXM]"]
     assert ax.get_xscale() == "log"
+
+
+def test_bytes_formatter_writes_sizes_as_measure_does():
+    from infer_lib import measure
+
+    fig, ax = plotting.figure("t", xlabel="buffer size (bytes)", ylabel="bandwidth (GB/s)", logx=True)
+    plotting.bytes_formatter(ax)
+    fmt = ax.xaxis.get_major_formatter()
+    for v in (512, 4096, 3 * 2**20, 2**31):
+        assert fmt(v, 0) == measure.format_bytes(v)
+    assert fmt(2**30, 0) == "1 GiB"

@@ -107,6 +107,22 @@ def test_linear_layer_intensity_is_about_the_batch_in_16_bit():
     assert 15.9 < op.intensity < 16
 
 
+@pytest.mark.parametrize("B, H, S_q, S_k, D", [(1, 1, 1, 1, 1), (2, 3, 5, 7, 16), (1, 32, 4096, 4096, 128)])
+def test_attention_flops_are_its_two_matmuls(B, H, S_q, S_k, D):
+    # Q Kᵀ: (S_q, D) @ (D, S_k) and P V: (S_q, S_k) @ (S_k, D), per head; causal keeps half.
+    per_head = roofline.matmul(S_q, S_k, D, "bf16").flops + roofline.matmul(S_q, D, S_k, "bf16").flops
+    full = roofline.attention_flops(B, H, S_q, S_k, D, causal=False)
+    assert full == B * H * per_head and isinstance(full, int)
+    assert roofline.attention_flops(B, H, S_q, S_k, D, causal=True) == full // 2
+
+
+def test_attention_flops_refuses_bad_shapes():
+    with pytest.raises(ValueError, match="S_k must be an integer"):
+        roofline.attention_flops(1, 1, 8, 0, 16, causal=True)
+    with pytest.raises(ValueError, match="D must be an integer"):
+        roofline.attention_flops(1, 1, 8, 8, 16.0, causal=False)
+
+
 def test_reduction():
     # softmax over 4 rows of 1024 in fp16: 5 FLOPs/element, read once and write once
     op = roofline.reduction(4, 1024, torch.float16)

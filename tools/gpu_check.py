@@ -3,7 +3,7 @@
 Run on a machine with a CUDA GPU (it may have no network). Parts, each a few
 minutes at most, run in the order given:
 
-  env                  the GPU, driver, torch, triton (always run first)
+  env                  the GPU, driver, torch, triton, the commit (always run first)
   tests [ARGS]         the unit tests (or the test files named in ARGS), kernels *compiled* on
                        the GPU (no interpreter); ARGS go to pytest, e.g. -k matmul
   notebooks [NN ...]   execute the chapters (all, or those numbered NN) top to bottom in a
@@ -17,6 +17,9 @@ Everything lands in OUTDIR/gpu_check.tar.gz: log.txt (all output), junit XML,
 the bench JSON, the data files and the executed notebooks. Jupyter packages
 missing on the machine are installed from ./wheels (``make wheels`` downloads
 them for Python 3.12) without network.
+
+Set INFER_LIB_COMMIT to the commit of the tree the machine was given (it has no
+.git): every measurement file's provenance records it, and the env part logs it.
 
 Example: python tools/gpu_check.py $OUT tests bench --only vector_add
 """
@@ -35,7 +38,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PARTS = ("env", "tests", "notebooks", "data", "bench")
 #: modules whose ``python -m MODULE --out-dir DIR`` writes the chapters' measurement files
-DATA_MODULES = ("infer_lib.hardware", "infer_lib.experiments.bottlenecks", "infer_lib.experiments.attention_sweep")
+DATA_MODULES = ("infer_lib.experiments.ceilings", "infer_lib.experiments.bottlenecks",
+                "infer_lib.experiments.attention_sweep")
 NOTEBOOK_PKGS = ("nbclient", "ipykernel", "ipywidgets", "nbformat")
 
 
@@ -110,8 +114,11 @@ def main(argv: list[str]) -> int:
     failures = []
 
     log("== env")
+    # env keeps INFER_LIB_COMMIT: every subprocess's measure.provenance() records it
+    log(f"INFER_LIB_COMMIT={env.get('INFER_LIB_COMMIT') or '(not set)'}")
     log.run(["nvidia-smi"], env=env)
-    code = ("import infer_lib, torch; from infer_lib import device; print(device.describe()); "
+    code = ("import infer_lib, torch; from infer_lib import device, measure; print(device.describe()); "
+            "print('commit:', measure.commit()); "
             "assert device.HAS_GPU and not device.INTERPRET, 'no GPU: this check needs one'")
     if log.run([sys.executable, "-c", code], env=env):
         return 1
