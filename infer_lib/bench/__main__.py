@@ -1,7 +1,9 @@
 """``python -m infer_lib.bench [--only NAME ...] [--out FILE] [--smoke]``
 
-Benchmarks every kernel against its PyTorch peers in one run and writes one
-JSON file (layout: DESIGN §2, checked by ``infer_lib.bench.core.validate``).
+Benchmarks every kernel against its PyTorch peers in one run, with the limits
+(copy bandwidth, cuBLAS FLOP/s) measured in the same run, and writes one JSON
+file: ``provenance``, ``limits`` and ``records`` (the layout is
+``infer_lib.bench.core.SCHEMA``, checked by ``infer_lib.bench.core.validate``).
 """
 
 from __future__ import annotations
@@ -41,7 +43,12 @@ def main(argv: list[str] | None = None) -> int:
     prov = {**measure.provenance(), "smoke": args.smoke}
     print(f"# {device.describe()}", flush=True)
     limits = measure_limits(args.smoke)
-    print(f"# limits: copy {limits['copy_GBps']:.0f} GB/s, matmul {limits['matmul_TFLOPs']} TFLOP/s", flush=True)
+    print(f"# limits: copy {limits['copy_GBps']:.0f} GB/s at {measure.format_bytes(limits['copy_bytes'])}, "
+          f"cuBLAS at {limits['matmul_n']}³ {limits['matmul_TFLOPs']} TFLOP/s", flush=True)
+    for r in limits["copy"]:
+        print(f"#   copy {measure.format_bytes(r['bytes']):>8}: {r['GBps']:9.4g} GB/s", flush=True)
+    for r in limits["matmul"]:
+        print(f"#   cuBLAS {r['n']}³ {r['dtype']:<9}: {r['TFLOPs']:9.4g} TFLOP/s", flush=True)
 
     records = []
     for name in names:

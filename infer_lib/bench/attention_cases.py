@@ -1,18 +1,15 @@
 """Benchmark cases of chapter 4: the fused softmax and the FlashAttention forward.
 
-Register in ``cases.CASES`` as ``"softmax": softmax_cases`` and
-``"flash_attention": flash_attention_cases``.
-
 Counts are the roofline's minimum, not what an implementation happens to do:
 
 * softmax: ``2 · rows · width · element_size`` bytes — every element read once
   and written once; unit GB/s, held to the copy bandwidth. (Three or so FLOPs
   per element, far below any GPU's balance point.)
-* attention: ``4 · B · H · S_q · S_k · D`` FLOPs — two matmuls (``Q Kᵀ`` and
-  ``P V``) of ``2 · S_q · S_k · D`` each per head, halved with causal masking
-  (only the lower triangle is needed; ``S_q = S_k`` here). Softmax's exps are
-  not counted, as in FlashAttention's papers. Bytes: q, k, v read once and the
-  output written once. Unit TFLOP/s, held to cuBLAS's bf16 matmul rate.
+* attention: ``roofline.attention_flops`` — ``4 · B · H · S_q · S_k · D`` FLOPs
+  for the two matmuls (``Q Kᵀ`` and ``P V``), halved with causal masking (only
+  the lower triangle is needed; ``S_q = S_k`` here). Bytes: q, k, v read once
+  and the output written once. Unit TFLOP/s, held to cuBLAS's matmul rate in
+  the same dtype.
 """
 
 from __future__ import annotations
@@ -20,14 +17,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .. import device
+from .. import device, roofline
 from ..kernels.flash_attention_kernel import flash_attention
 from ..kernels.softmax_kernel import softmax
 from ..reference import naive_attention
 from .core import Case
 
 SOFTMAX_WIDTHS = (1024, 4096, 16384, 32768)
-#: (B, H, S, D) of the FlashAttention targets (DESIGN §5)
+#: (B, H, S, D) of the FlashAttention cases: Llama-like heads (D = 128, and D = 64) at S = 4096
 ATTENTION_SHAPES = ((4, 32, 4096, 128), (8, 16, 4096, 64))
 #: ≥ 256 MB of input per softmax case: far beyond the 50 MB L2 of an H100
 SOFTMAX_BYTES = 2**28
@@ -79,7 +76,6 @@ def flash_attention_cases(smoke: bool) -> list[Case]:
             peers = [("SDPA", lambda q=q, k=k, v=v, c=causal: F.scaled_dot_product_attention(q, k, v, is_causal=c))]
             if (B, H, S, D) == smallest and _naive_fits(B, H, S, S, esize):
                 peers.append(("naive PyTorch", lambda q=q, k=k, v=v, c=causal: naive_attention(q, k, v, causal=c)))
-            flops = 4 * B * H * S * S * D // (2 if causal else 1)
             out.append(Case(
                 kernel="flash_attention",
                 case=f"B{B} H{H} S{S} D{D} {'causal' if causal else 'full'}",
@@ -87,7 +83,7 @@ def flash_attention_cases(smoke: bool) -> list[Case]:
                         "dtype": device.dtype_name(dtype)},
                 unit="TFLOP/s",
                 bytes=4 * B * H * S * D * esize,   # q, k, v read once; output written once
-                flops=flops,
+                flops=roofline.attention_flops(B, H, S, S, D, causal),
                 ours=("triton flash_attention", lambda q=q, k=k, v=v, c=causal: flash_attention(q, k, v, causal=c)),
                 peers=peers,
                 limit=f"matmul:{device.dtype_name(dtype)}", atol=2e-2, rtol=2e-2,

@@ -1,14 +1,22 @@
 """The benchmark harness: cases, timing, limits, records, and the JSON layout.
 
-A *case* is one kernel at one shape: our implementation, the PyTorch peers it
-is compared with, and the bytes and FLOPs it must move and do (formulas in
-``cases.py``). Every case is checked for correctness before it is timed, and
-every peer is timed in the same run as ours, so ratios compare like with like.
+A *case* is one of our kernels at one shape: our implementation, the PyTorch
+peers it is compared with, and the bytes and FLOPs it must move and do
+(formulas in ``cases.py``). Every case is checked for correctness against every
+peer before it is timed, and every peer is timed in the same run as ours, so
+ratios compare like with like.
+
+The *limits* are what no kernel can beat on this GPU: the copy bandwidth
+(``measure.copy_bandwidth``) and cuBLAS's FLOP/s (``measure.matmul_flops``),
+measured once per run — the ceilings at 1 GiB and 8192³, and short sweeps
+around them. Each record says which limit it is held to and what fraction of
+it ours reaches.
 
 Times are medians in µs from ``triton.testing.do_bench`` (L2 flushed between
-repetitions). Under ``--smoke`` the same plumbing runs at tiny sizes on
-whatever device there is and times with a wall clock; such files are marked
-``"smoke": true`` and mean nothing as performance.
+repetitions; the copy limit replays a CUDA graph with L2 warm, which at these
+sizes makes no difference). Under ``--smoke`` the same plumbing runs at tiny
+sizes on whatever device there is and times with a wall clock; such files are
+marked ``"smoke": true`` and mean nothing as performance.
 """
 
 from __future__ import annotations
@@ -36,7 +44,7 @@ class Case:
     peers: list[tuple[str, Callable[[], object]]] = field(default_factory=list)
     #: which limit the case is measured against: "copy" or "matmul:<dtype>"
     limit: str = "copy"
-    #: tolerances for the pre-timing check of ours against the first peer
+    #: tolerances for the pre-timing check of ours against every peer
     atol: float = 1e-2
     rtol: float = 1e-2
     #: after timing: what our implementation chose (e.g. the autotuner's tile), kept in the record
@@ -56,44 +64,56 @@ def timer(smoke: bool) -> Callable[[Callable[[], object]], float]:
     return (lambda fn: measure.wall_us(fn, reps=1)) if smoke else measure.bench_us
 
 
-def measure_limits(smoke: bool = False, *, copy_bytes: int | None = None, matmul_n: int | None = None,
-                   dtypes: tuple[torch.dtype, ...] | None = None) -> dict:
-    """The two ceilings, measured now: device-to-device copy and cuBLAS matmul.
+#: the limits' sweeps around their ceilings (the ceilings are 1 GiB and 8192³)
+LIMIT_COPY_SIZES = (2**26, 2**28, measure.COPY_LIMIT_BYTES, 2**32)   # 64 MiB … 4 GiB
+LIMIT_MATMUL_SIZES = (1024, 4096, measure.MATMUL_LIMIT_N)
+#: the same under --smoke, the last of each being its ceiling
+SMOKE_COPY_SIZES = (2**12, 2**16)
+SMOKE_MATMUL_SIZES = (32, 64)
 
-    Defaults are the bench's: a 1 GiB copy (far beyond L2) and 8192³ products in
-    every dtype of ``device.kernel_dtypes()``; chapters measuring a live roofline
-    call this too, so their ceilings are taken the same way.
+
+def measure_limits(smoke: bool = False, *, dtypes: tuple[torch.dtype, ...] | None = None,
+                   sweeps: bool = True) -> dict:
+    """The limits block: the two ceilings, measured now, with ``measure.copy_bandwidth`` and
+    ``measure.matmul_flops``.
+
+    ``copy_GBps``: a 1 GiB copy, far beyond L2. ``matmul_TFLOPs[dtype]``: cuBLAS at 8192³,
+    in every dtype of ``dtypes`` (default ``device.kernel_dtypes()``). With ``sweeps`` (the
+    bench), ``copy`` and ``matmul`` hold the measurements at every size of
+    ``LIMIT_COPY_SIZES`` and ``LIMIT_MATMUL_SIZES``, the ceilings among them; without (a
+    chapter that only needs the ceilings), only the ceilings are measured.
     """
-    time_us = timer(smoke)
-    dev = device.DEVICE
-    copy_bytes = copy_bytes or (2**16 if smoke else 2**30)
-    src = torch.randn(copy_bytes // 4, device=dev)
-    copy_us = time_us(lambda: src.clone())
-    del src
-    n = matmul_n or (64 if smoke else 8192)
-    mm = {}
-    for dtype in dtypes or device.kernel_dtypes():
-        a = torch.randn(n, n, device=dev, dtype=dtype)
-        b = torch.randn(n, n, device=dev, dtype=dtype)
-        mm[device.dtype_name(dtype)] = sig(2 * n**3 / time_us(lambda: a @ b) / 1e6)
-        del a, b
-    return {
-        "copy_GBps": sig(2 * copy_bytes / copy_us / 1e3),
+    copy_bytes = SMOKE_COPY_SIZES[-1] if smoke else measure.COPY_LIMIT_BYTES
+    n = SMOKE_MATMUL_SIZES[-1] if smoke else measure.MATMUL_LIMIT_N
+    copy_sizes = (SMOKE_COPY_SIZES if smoke else LIMIT_COPY_SIZES) if sweeps else (copy_bytes,)
+    matmul_sizes = (SMOKE_MATMUL_SIZES if smoke else LIMIT_MATMUL_SIZES) if sweeps else (n,)
+    copy = [measure.copy_bandwidth(size, smoke=smoke) for size in copy_sizes]
+    mm = [measure.matmul_flops(size, dtype, smoke=smoke)
+          for dtype in dtypes or device.kernel_dtypes() for size in matmul_sizes]
+    limits = {
+        "copy_GBps": next(r["GBps"] for r in copy if r["bytes"] == copy_bytes),
         "copy_bytes": copy_bytes,
         "matmul_n": n,
-        "matmul_TFLOPs": mm,
-        "note": "copy: median of src.clone() counting bytes read + written; matmul: torch.matmul "
-                "(cuBLAS) n×n×n on random inputs; fp32 uses PyTorch's default precision",
+        "matmul_TFLOPs": {r["dtype"]: r["TFLOPs"] for r in mm if r["n"] == n},
+        "note": "copy: measure.copy_bandwidth, torch.mul(src, 1, out=dst) replayed from a CUDA graph "
+                "(median, L2 warm), counting bytes read + written; matmul: measure.matmul_flops, "
+                "torch.matmul (cuBLAS) n×n×n on random inputs (do_bench median, L2 flushed); fp32 uses "
+                "PyTorch's default precision",
     }
+    if sweeps:
+        limits |= {"copy": copy, "matmul": mm}
+    return limits
 
 
-def _limit_value(limits: dict, which: str) -> float:
-    if which == "copy":
-        return limits["copy_GBps"]
+def limit_value(limits: dict, which: str) -> float:
+    """The limit a record names: ``"copy"`` → ``copy_GBps``, ``"matmul:<dtype>"`` → ``matmul_TFLOPs[dtype]``."""
     kind, _, dtype = which.partition(":")
-    if kind == "matmul":
+    if which == "copy" and "copy_GBps" in limits:
+        return limits["copy_GBps"]
+    if kind == "matmul" and dtype in limits.get("matmul_TFLOPs", {}):
         return limits["matmul_TFLOPs"][dtype]
-    raise ValueError(f"unknown limit {which!r}")
+    have = ["copy"] + [f"matmul:{d}" for d in limits.get("matmul_TFLOPs", {})]
+    raise ValueError(f"no limit {which!r}: the limits are {', '.join(have)}")
 
 
 def _first_tensor(out):
@@ -101,11 +121,19 @@ def _first_tensor(out):
 
 
 def run_case(c: Case, limits: dict, smoke: bool) -> dict:
-    """Check ours against the first peer, then time ours and every peer."""
+    """Check ours against every peer (``c.atol``, ``c.rtol``), then time ours and every peer.
+
+    Raises AssertionError naming the first peer that disagrees; a peer that returns a
+    tuple or list is compared on its first element."""
+    limit = limit_value(limits, c.limit)   # an unknown limit fails before anything runs
     if c.peers:
-        got, want = _first_tensor(c.ours[1]()), _first_tensor(c.peers[0][1]())
-        torch.testing.assert_close(got.float(), want.float(), atol=c.atol, rtol=c.rtol,
-                                   msg=lambda m: f"{c.kernel} [{c.case}] disagrees with {c.peers[0][0]}: {m}")
+        got = _first_tensor(c.ours[1]()).float()
+        for impl, fn in c.peers:
+            want = _first_tensor(fn()).float()
+            torch.testing.assert_close(got, want, atol=c.atol, rtol=c.rtol,
+                                       msg=lambda m, impl=impl: f"{c.kernel} [{c.case}] disagrees with {impl}: {m}")
+            del want
+        del got
     time_us = timer(smoke)
     ours_us = time_us(c.ours[1])
     peers = []
@@ -125,7 +153,7 @@ def run_case(c: Case, limits: dict, smoke: bool) -> dict:
         "peers": peers,
         "speedup": {p["impl"]: sig(p["us"] / ours_us, 4) for p in peers},
         "limit": c.limit,
-        "fraction_of_limit": sig(ours_value / _limit_value(limits, c.limit), 4),
+        "fraction_of_limit": sig(ours_value / limit, 4),
     }
 
 
@@ -133,42 +161,62 @@ def run_case(c: Case, limits: dict, smoke: bool) -> dict:
 # The layout, checked by tests on both --smoke output and the shipped files
 # ----------------------------------------------------------------------------
 
-PROVENANCE_KEYS = ("gpu", "capability", "driver", "cuda", "torch", "triton", "python", "date")
-RECORD_KEYS = ("kernel", "case", "params", "unit", "bytes", "flops", "ours", "peers", "speedup",
+RECORD_KEYS = ("kernel", "case", "params", "unit", "bytes", "flops", "ours", "peers", "speedup", "limit",
                "fraction_of_limit")
+
+SCHEMA = measure.Schema(
+    "bench file",
+    keys=("limits", "records"),
+    numbers=("limits.copy_GBps", "limits.copy_bytes", "limits.matmul_n", "limits.matmul_TFLOPs.*"),
+    records=(
+        measure.Records("limits.copy", numbers=("bytes", "us", "GBps")),
+        measure.Records("limits.matmul", numbers=("n", "us", "TFLOPs"), keys=("dtype",)),
+        measure.Records("records", keys=RECORD_KEYS,
+                        numbers=("ours.us", "ours.value", "peers.*.us", "peers.*.value", "fraction_of_limit")),
+    ),
+)
+
+#: relative tolerance of quantities recomputed from the rounded ones in the file
+_REL = 1e-3
 
 
 def validate(doc: dict) -> None:
-    """Raise ValueError naming the first thing that does not follow DESIGN §2's layout."""
+    """Raise ValueError naming the first thing that does not follow the bench file's layout:
+    ``SCHEMA`` (``measure.validate``), and what follows from the numbers — each value from its
+    time, each speedup from the two times, each ``fraction_of_limit`` from ours and the limit
+    the record names."""
+    measure.validate(doc, SCHEMA)
+
     def need(cond: bool, what: str):
         if not cond:
-            raise ValueError(f"bench JSON: {what}")
+            raise ValueError(f"{SCHEMA.name}: {what}")
 
-    for top in ("provenance", "limits", "records"):
-        need(top in doc, f"missing top-level key {top!r}")
-    for k in PROVENANCE_KEYS:
-        need(k in doc["provenance"], f"provenance lacks {k!r}")
+    def close(a: float, b: float) -> bool:
+        return abs(a - b) <= _REL * abs(b)
+
     lim = doc["limits"]
-    need(isinstance(lim.get("copy_GBps"), (int, float)) and lim["copy_GBps"] > 0, "limits.copy_GBps must be > 0")
-    need(isinstance(lim.get("matmul_TFLOPs"), dict) and lim["matmul_TFLOPs"], "limits.matmul_TFLOPs must be a dict")
-    for dt, v in lim["matmul_TFLOPs"].items():
-        need(isinstance(v, (int, float)) and v > 0, f"limits.matmul_TFLOPs[{dt!r}] must be > 0")
-    need(isinstance(doc["records"], list) and doc["records"], "records must be a non-empty list")
+    for i, r in enumerate(lim["copy"]):
+        need(close(r["GBps"], 2 * r["bytes"] / r["us"] / 1e3), f"limits.copy[{i}]: GBps does not follow from its time")
+    for i, r in enumerate(lim["matmul"]):
+        need(close(r["TFLOPs"], 2 * r["n"] ** 3 / r["us"] / 1e6),
+             f"limits.matmul[{i}]: TFLOPs does not follow from its time")
     for i, r in enumerate(doc["records"]):
-        where = f"records[{i}] ({r.get('kernel')}, {r.get('case')})"
-        for k in RECORD_KEYS:
-            need(k in r, f"{where} lacks {k!r}")
+        where = f"records[{i}] ({r['kernel']}, {r['case']})"
         need(r["unit"] in UNITS, f"{where}: unit {r['unit']!r} not in {UNITS}")
         need(isinstance(r["params"], dict), f"{where}: params must be a dict")
         need(r["bytes"] >= 0 and r["flops"] >= 0, f"{where}: bytes and flops must be ≥ 0")
         for entry in [r["ours"], *r["peers"]]:
-            need(set(entry) >= {"impl", "us", "value"}, f"{where}: timing entry {entry} lacks impl/us/value")
-            need(entry["us"] > 0 and entry["value"] > 0, f"{where}: {entry['impl']} has a non-positive time or value")
+            need("impl" in entry, f"{where}: timing entry {entry} lacks impl")
             expect = value(r["unit"], r["bytes"], r["flops"], entry["us"])
-            need(abs(expect - entry["value"]) <= 1e-3 * expect,
+            need(close(entry["value"], expect),
                  f"{where}: {entry['impl']} value {entry['value']} does not follow from its time ({expect:.3f})")
         need(set(r["speedup"]) == {p["impl"] for p in r["peers"]}, f"{where}: speedup keys must be the peers' impls")
         for p in r["peers"]:
-            s = p["us"] / r["ours"]["us"]
-            need(abs(r["speedup"][p["impl"]] - s) <= 1e-3 * s, f"{where}: speedup over {p['impl']} is wrong")
-        need(r["fraction_of_limit"] > 0, f"{where}: fraction_of_limit must be > 0")
+            need(close(r["speedup"][p["impl"]], p["us"] / r["ours"]["us"]), f"{where}: speedup over {p['impl']} is wrong")
+        try:
+            limit = limit_value(lim, r["limit"])
+        except ValueError as err:
+            raise ValueError(f"{SCHEMA.name}: {where}: {err}") from None
+        need(close(r["fraction_of_limit"], r["ours"]["value"] / limit),
+             f"{where}: fraction_of_limit {r['fraction_of_limit']} is not ours ({r['ours']['value']}) "
+             f"÷ the {r['limit']} limit ({limit}) = {r['ours']['value'] / limit:.4g}")
