@@ -11,7 +11,7 @@ from infer_lib.experiments import ceilings
 
 @pytest.mark.skipif(device.HAS_GPU, reason="checks the refusal on machines without a GPU")
 def test_refuses_without_gpu(tmp_path, capsys):
-    for call in (lambda: ceilings.copy_file([2**12]), lambda: ceilings.matmul_file([16])):
+    for call in (lambda: ceilings.copy_file([2**12]), lambda: ceilings.matmul_file([16]), ceilings.run):
         with pytest.raises(RuntimeError, match="needs a CUDA GPU"):
             call()
     with pytest.raises(SystemExit) as exit_info:

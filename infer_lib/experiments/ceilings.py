@@ -64,6 +64,14 @@ def matmul_file(sizes, dtypes=None) -> dict:
             "float32_matmul_precision": torch.get_float32_matmul_precision(), "records": records}
 
 
+def run(profile: device.Profile | None = None) -> dict[str, dict]:
+    """Both sweeps at ``profile``'s sizes (default: this machine's), as the payloads of the two files,
+    by topic (GPU only)."""
+    measure._require_gpu("ceilings.run")
+    prof = profile or device.profile()
+    return {"copy_bandwidth": copy_file(prof.copy_sizes), "matmul_flops": matmul_file(prof.matmul_sizes)}
+
+
 def main(argv=None) -> None:
     """``python -m infer_lib.experiments.ceilings --out-dir DIR [--profile NAME]``: both sweeps at the
     profile's sizes, written as ``DIR/copy_bandwidth_<gpu>.json`` and ``DIR/matmul_flops_<gpu>.json``."""
@@ -85,11 +93,11 @@ def main(argv=None) -> None:
     gpu = measure.gpu_key()
     spec = hardware.detect()
 
-    copy = copy_file(prof.copy_sizes)
+    payloads = run(prof)
+    copy, flops = payloads["copy_bandwidth"], payloads["matmul_flops"]
     measure.validate(copy, COPY_SCHEMA)
-    copy_path = measure.save(copy, args.out_dir / f"copy_bandwidth_{gpu}.json")
-    flops = matmul_file(prof.matmul_sizes)
     measure.validate(flops, MATMUL_SCHEMA)
+    copy_path = measure.save(copy, args.out_dir / f"copy_bandwidth_{gpu}.json")
     flops_path = measure.save(flops, args.out_dir / f"matmul_flops_{gpu}.json")
 
     # One line per sweep: the best measured against the datasheet, where the table has it.
