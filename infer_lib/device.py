@@ -16,7 +16,7 @@ import functools
 import os
 import platform
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -134,22 +134,81 @@ def describe() -> str:
 # ----------------------------------------------------------------------------
 
 @dataclass(frozen=True)
+class BottleneckSizes:
+    """Chapter 2 (``infer_lib.experiments.bottlenecks``)."""
+
+    #: element counts of the GELU sweep
+    elementwise: tuple[int, ...]
+    #: the representative ops: a ``rows × cols`` activation, a ``d³`` matmul and a
+    #: decode-like ``(small_batch, d) @ (d, d)`` one
+    rows: int
+    cols: int
+    d: int
+    small_batch: int
+    #: the profiled MLP block: ``mlp_tokens × mlp_d`` activations
+    mlp_tokens: int
+    mlp_d: int
+    #: the tiny add of the launch-overhead measurement, and how many of them a CUDA graph holds
+    launch_numel: int
+    launch_ops: int
+
+
+@dataclass(frozen=True)
+class LinearSizes:
+    """Chapter 3: the batch sweep ``X (B×d) @ W (d×d)`` and the square matmuls against cuBLAS."""
+
+    d: int
+    batches: tuple[int, ...]
+    square: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class AttentionSweepSizes:
+    """Chapter 4's live sweep (``attention_sweep.sweep``): sequence lengths at a fixed shape."""
+
+    seq_lens: tuple[int, ...]
+    B: int
+    H: int
+    D: int
+
+
+@dataclass(frozen=True)
+class AttentionSizes:
+    """Chapter 4 (``infer_lib.experiments.attention_sweep``)."""
+
+    #: ``(B, H, H_kv, S_q, S_k, D, causal)`` shapes of the correctness checks: odd
+    #: lengths, ``S_q ≠ S_k``, GQA and MQA
+    checks: tuple[tuple[int, int, int, int, int, int, bool], ...]
+    #: the live sweep; None where nothing is timed (the CPU)
+    sweep: AttentionSweepSizes | None
+    #: the sequence length at which the naive steps are timed one by one
+    steps_S: int | None
+    #: the live softmax sweep: row widths, and the bytes of each input
+    softmax_widths: tuple[int, ...]
+    softmax_bytes: int
+
+
+@dataclass(frozen=True)
 class Profile:
-    """Problem sizes for notebooks: tiny on the CPU, realistic on a GPU.
+    """Problem sizes for notebooks, experiments and tests: tiny on the CPU, realistic on a GPU.
 
     ``live`` says whether timings on this machine mean anything; without a
-    GPU the notebooks show the shipped reference measurements instead.
+    GPU the notebooks show the shipped reference measurements instead. The
+    sizes of chapter 1 are plain fields; those of later chapters are grouped
+    by chapter.
     """
 
     name: str
     live: bool
-    #: buffer sizes (bytes) for bandwidth sweeps
+    #: buffer sizes (bytes) of the copy-bandwidth sweep
     copy_sizes: tuple[int, ...]
-    #: square matrix sizes n for n×n×n matmul sweeps
+    #: square matrix sizes n of the n×n×n matmul sweep
     matmul_sizes: tuple[int, ...]
-    #: element count for vector examples
+    #: element count of the vector examples
     vector_n: int
-    extra: dict = field(default_factory=dict)
+    bottlenecks: BottleneckSizes
+    linear: LinearSizes
+    attention: AttentionSizes
 
 
 def _pow2_range(lo: int, hi: int) -> tuple[int, ...]:
@@ -160,16 +219,52 @@ def _pow2_range(lo: int, hi: int) -> tuple[int, ...]:
     return tuple(out)
 
 
+#: GELU sweep on a GPU: 1 Ki … 256 Mi elements, the largest input 512 MiB in bf16 (1 GiB in fp32),
+#: so it fits a 16 GB GPU and the whole chapter-2 run stays under a minute on an H100
+_GPU_ELEMENTWISE = tuple(2**k for k in range(10, 29, 2))
+_GPU_ATTENTION_CHECKS = ((2, 8, 2, 1000, 1000, 128, True), (1, 4, 1, 129, 1000, 64, True),
+                         (3, 4, 4, 17, 33, 64, False), (1, 8, 8, 1000, 129, 128, True))
+_SOFTMAX_WIDTHS = (1024, 4096, 16384, 32768)
+
 PROFILES: dict[str, Profile] = {
-    # The interpreter runs one Triton program at a time: keep everything tiny.
-    "cpu": Profile("cpu", live=False, copy_sizes=_pow2_range(2**12, 2**16),
-                   matmul_sizes=(16, 32, 64), vector_n=1000),
+    # The interpreter runs one Triton program at a time: keep everything tiny. Nothing is
+    # timed on the CPU; the sizes keep the cells runnable (and plumbing tests quick on a GPU).
+    "cpu": Profile(
+        "cpu", live=False, copy_sizes=_pow2_range(2**12, 2**16), matmul_sizes=(16, 32, 64), vector_n=1000,
+        bottlenecks=BottleneckSizes(elementwise=(2**10, 2**12, 2**14), rows=64, cols=128, d=256,
+                                    small_batch=4, mlp_tokens=64, mlp_d=128, launch_numel=1024,
+                                    launch_ops=8),
+        linear=LinearSizes(d=64, batches=(1, 8, 64), square=(32, 64)),
+        attention=AttentionSizes(
+            checks=((1, 4, 2, 17, 33, 16, True), (1, 2, 1, 40, 40, 32, False), (2, 2, 2, 65, 50, 64, True)),
+            sweep=None, steps_S=None, softmax_widths=(), softmax_bytes=0),
+    ),
     # 16 GB-class GPUs (T4, L4, Colab's free tier): the sweeps stop at 1 GiB buffers.
-    "gpu-small": Profile("gpu-small", live=True, copy_sizes=_pow2_range(2**14, 2**30),
-                         matmul_sizes=(256, 512, 1024, 2048, 4096), vector_n=2**24),
+    "gpu-small": Profile(
+        "gpu-small", live=True, copy_sizes=_pow2_range(2**14, 2**30),
+        matmul_sizes=(256, 512, 1024, 2048, 4096), vector_n=2**24,
+        bottlenecks=BottleneckSizes(elementwise=_GPU_ELEMENTWISE, rows=8192, cols=4096, d=8192,
+                                    small_batch=16, mlp_tokens=2048, mlp_d=2048, launch_numel=1024,
+                                    launch_ops=100),
+        linear=LinearSizes(d=4096, batches=tuple(2**i for i in range(13)), square=(1024, 2048, 4096)),
+        attention=AttentionSizes(
+            checks=_GPU_ATTENTION_CHECKS,
+            sweep=AttentionSweepSizes(seq_lens=tuple(2**p for p in range(9, 13)), B=1, H=16, D=128),
+            steps_S=2048, softmax_widths=_SOFTMAX_WIDTHS, softmax_bytes=2**26),
+    ),
     # 40 GB and up (A100, H100, H200, B200).
-    "gpu-large": Profile("gpu-large", live=True, copy_sizes=_pow2_range(2**14, 2**31),
-                         matmul_sizes=(256, 512, 1024, 2048, 4096, 8192), vector_n=2**26),
+    "gpu-large": Profile(
+        "gpu-large", live=True, copy_sizes=_pow2_range(2**14, 2**31),
+        matmul_sizes=(256, 512, 1024, 2048, 4096, 8192), vector_n=2**26,
+        bottlenecks=BottleneckSizes(elementwise=_GPU_ELEMENTWISE, rows=8192, cols=4096, d=8192,
+                                    small_batch=16, mlp_tokens=4096, mlp_d=4096, launch_numel=1024,
+                                    launch_ops=100),
+        linear=LinearSizes(d=8192, batches=tuple(2**i for i in range(13)), square=(1024, 4096, 8192)),
+        attention=AttentionSizes(
+            checks=_GPU_ATTENTION_CHECKS,
+            sweep=AttentionSweepSizes(seq_lens=tuple(2**p for p in range(9, 14)), B=1, H=32, D=128),
+            steps_S=4096, softmax_widths=_SOFTMAX_WIDTHS, softmax_bytes=2**28),
+    ),
 }
 
 

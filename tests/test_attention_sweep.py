@@ -9,7 +9,7 @@ import torch
 
 from infer_lib.experiments import attention_sweep as sweep_mod
 from infer_lib import device, measure, roofline
-from infer_lib.experiments.attention_sweep import FLASH, IMPLS, NAIVE
+from infer_lib.experiments.attention_sweep import FLASH, IMPLS, NAIVE, SDPA
 
 GPU_ONLY = [
     ("sweep", lambda: sweep_mod.sweep([64], B=1, H=2, D=16)),
@@ -49,9 +49,13 @@ def test_main_exits_2_without_gpu(tmp_path, capsys):
 # Counts: run anywhere
 # ----------------------------------------------------------------------------
 
-def test_attention_flops():
-    assert sweep_mod.attention_flops(2, 3, 5, 7, 16, causal=False) == 4 * 2 * 3 * 5 * 7 * 16
-    assert sweep_mod.attention_flops(1, 32, 4096, 4096, 128, causal=True) == 2 * 32 * 4096**2 * 128
+@pytest.mark.parametrize("causal", [False, True])
+def test_attention_flops_are_the_naive_matmuls_useful_part(causal):
+    # The naive version's two matmuls compute every score; the count keeps the useful ones.
+    B, H, S, D = 2, 3, 48, 16
+    matmuls = sum(op.flops for op in sweep_mod.naive_steps(B, H, S, D, torch.bfloat16, causal) if op.name in ("QKᵀ", "PV"))
+    flops = roofline.attention_flops(B, H, S, S, D, causal)
+    assert flops == (matmuls // 2 if causal else matmuls)
 
 
 @pytest.mark.parametrize("causal", [False, True])
@@ -158,30 +162,50 @@ def test_the_kernel_never_reads_skipped_tiles():
 
 @pytest.mark.parametrize("name", sorted(device.PROFILES))
 def test_sizes_for_every_profile(name):
-    sz = sweep_mod.sizes(device.PROFILES[name])
-    assert sz["checks"]
-    for B, H, H_kv, S_q, S_k, D, causal in sz["checks"]:
+    prof = device.PROFILES[name]
+    sz = prof.attention
+    assert sz.checks
+    for B, H, H_kv, S_q, S_k, D, causal in sz.checks:
         assert H % H_kv == 0 and D in (16, 32, 64, 128) and isinstance(causal, bool)
-    if device.PROFILES[name].live:
-        assert list(sz["sweep"]["seq_lens"]) == sorted(sz["sweep"]["seq_lens"])
-        assert sz["steps_S"] and sz["softmax_widths"] and sz["softmax_bytes"] > 0
+    if prof.live:
+        assert list(sz.sweep.seq_lens) == sorted(sz.sweep.seq_lens)
+        assert sz.steps_S and sz.softmax_widths and sz.softmax_bytes > 0
     else:
-        assert sz["sweep"] is None and not sz["softmax_widths"]
+        assert sz.sweep is None and not sz.softmax_widths
 
 
-def test_validate_catches_bad_files():
-    good = {"provenance": {"gpu": "g", "gpu_key": "k", "date": "d", "torch": "t", "triton": "t"},
-            "params": dict(sweep_mod.PARAMS),
-            "records": [{"S": 512, "impl": impl, "us": 1.0, "TFLOPs": 1.0, "peak_bytes": 10} for impl in IMPLS]}
-    sweep_mod.validate(good)
-    bad = {**good, "records": good["records"] + [{"S": 1024, "impl": FLASH, "us": 1.0, "TFLOPs": 1.0,
-                                                  "peak_bytes": 10}]}
-    with pytest.raises(ValueError, match="SDPA must be measured at every S"):
-        sweep_mod.validate(bad)
-    with pytest.raises(ValueError, match="us must be > 0"):
-        sweep_mod.validate({**good, "records": [{**good["records"][0], "us": float("nan")}]})
-    with pytest.raises(ValueError, match="missing top-level key 'params'"):
-        sweep_mod.validate({k: v for k, v in good.items() if k != "params"})
+def _good_doc():
+    return {"provenance": measure.provenance(), "params": dict(sweep_mod.PARAMS),
+            "records": [{"S": 512, "impl": impl, "us": 1.0, "TFLOPs": 1.0, "peak_bytes": 10} for impl in IMPLS],
+            "naive_steps": {"S": 512, "records": [{"step": "QKᵀ", "flops": 1, "bytes": 2, "us": 1.0}]}}
+
+
+def _more(doc, impl):
+    doc["records"].append({"S": 1024, "impl": impl, "us": 1.0, "TFLOPs": 1.0, "peak_bytes": 10})
+
+
+@pytest.mark.parametrize("breakage, message", [
+    (lambda d: _more(d, FLASH), "SDPA must be measured at every S"),
+    (lambda d: _more(d, SDPA), "triton flash_attention must be measured at every S"),
+    (lambda d: d["records"][0].update(us=float("nan")), r"records\[0\].us must be a finite number > 0"),
+    (lambda d: d["records"][0].update(impl="cuDNN"), "impl 'cuDNN' not one of"),
+    (lambda d: d.pop("params"), "missing top-level key 'params'"),
+    (lambda d: d["params"].pop("causal"), "params lacks 'causal'"),
+    (lambda d: d["naive_steps"]["records"][0].pop("step"), r"naive_steps.records\[0\] lacks 'step'"),
+    (lambda d: d["naive_steps"]["records"][0].update(us=-1.0), r"naive_steps.records\[0\].us must be"),
+])
+def test_validate_catches_bad_files(breakage, message):
+    sweep_mod.validate(_good_doc())
+    doc = _good_doc()
+    breakage(doc)
+    with pytest.raises(ValueError, match=message):
+        sweep_mod.validate(doc)
+
+
+def test_naive_steps_are_optional_in_a_file():
+    doc = _good_doc()
+    del doc["naive_steps"]
+    sweep_mod.validate(doc)
 
 
 # ----------------------------------------------------------------------------
@@ -200,7 +224,9 @@ def test_tiny_sweep_on_gpu():
     assert [s["step"] for s in steps] == ["QKᵀ", "scale", "mask", "softmax", "PV"]
     assert all(_finite_positive(s["us"]) for s in steps)
     sm = sweep_mod.softmax_sweep([256, 1024], total_bytes=2**20)
-    assert len(sm) == 6 and all(_finite_positive(r["GBps"]) for r in sm)
+    assert {(r["impl"], r["width"]) for r in sm} == {(i, w) for i in ("triton softmax", "torch.softmax", sweep_mod.COPY)
+                                                     for w in (256, 1024)}
+    assert all(_finite_positive(r["GBps"]) for r in sm)
 
 
 @pytest.mark.skipif(not device.HAS_GPU, reason="timing and peak memory need a CUDA GPU")

@@ -51,11 +51,11 @@ def test_main_exits_2_without_gpu(tmp_path, capsys):
 
 @pytest.mark.parametrize("name", sorted(device.PROFILES))
 def test_sizes_for_every_profile(name):
-    sz = bottlenecks.sizes(device.PROFILES[name])
-    assert sz["matmul"] == device.PROFILES[name].matmul_sizes
-    assert list(sz["elementwise"]) == sorted(sz["elementwise"])
-    # The largest GELU input stays at or under 512 MiB in fp32 (1 GiB moved): fits a 16 GB GPU.
-    assert max(sz["elementwise"]) * 4 <= 2**30
+    sz = device.PROFILES[name].bottlenecks
+    assert list(sz.elementwise) == sorted(sz.elementwise)
+    # The largest GELU input stays at or under 1 GiB in fp32 (2 GiB moved): fits a 16 GB GPU.
+    assert max(sz.elementwise) * 4 <= 2**30
+    assert sz.small_batch < sz.d and sz.launch_ops > 1
 
 
 def test_op_cases_count_what_the_docstrings_say():
@@ -102,22 +102,32 @@ def test_parse_profile_table_reads_a_cpu_table_back():
         bottlenecks.parse_profile_table("no table here")
 
 
-def test_validate_names_what_is_wrong():
-    doc = {
-        "provenance": {"gpu": "x"}, "dtype": "bfloat16",
+def _good_doc():
+    return {
+        "provenance": measure.provenance(), "dtype": "bfloat16",
         "elementwise": [{"n": 1, "bytes": 4, "us": 1.0, "GBps": 0.004}],
         "matmul": [{"n": 2, "flops": 16, "bytes": 24, "us": 1.0, "TFLOPs": 1.6e-5}],
         "launch_overhead": {k: 1.0 for k in bottlenecks.LAUNCH_KEYS},
-        "ops": [{"name": "add", "flops": 1, "bytes": 6, "us": 1.0}],
+        "ops": [{"name": "add", "kind": "elementwise", "flops": 1, "bytes": 6, "us": 1.0}],
         "profile_table": "Name ...",
     }
-    bottlenecks.validate(doc)
-    with pytest.raises(ValueError, match="missing top-level key 'ops'"):
-        bottlenecks.validate({k: v for k, v in doc.items() if k != "ops"})
-    with pytest.raises(ValueError, match=r"matmul\[0\]\.us must be a finite number > 0"):
-        bottlenecks.validate({**doc, "matmul": [{**doc["matmul"][0], "us": float("nan")}]})
-    with pytest.raises(ValueError, match="launch_overhead.graph_us"):
-        bottlenecks.validate({**doc, "launch_overhead": {**doc["launch_overhead"], "graph_us": 0}})
+
+
+@pytest.mark.parametrize("breakage, message", [
+    (lambda d: d.pop("ops"), "missing top-level key 'ops'"),
+    (lambda d: d["provenance"].pop("gpu_key"), "provenance lacks 'gpu_key'"),
+    (lambda d: d["matmul"][0].update(us=float("nan")), r"matmul\[0\]\.us must be a finite number > 0"),
+    (lambda d: d["launch_overhead"].update(graph_us=0), "launch_overhead.graph_us"),
+    (lambda d: d.update(dtype="float64"), "dtype 'float64'"),
+    (lambda d: d["ops"][0].update(name=""), r"ops\[0\] lacks a name"),
+    (lambda d: d.update(profile_table="  "), "profile_table must be a non-empty string"),
+])
+def test_validate_names_what_is_wrong(breakage, message):
+    bottlenecks.validate(_good_doc())
+    doc = _good_doc()
+    breakage(doc)
+    with pytest.raises(ValueError, match=message):
+        bottlenecks.validate(doc)
 
 
 # ----------------------------------------------------------------------------
@@ -163,7 +173,8 @@ def test_main_writes_the_file_on_gpu(tmp_path):
     doc = json.loads((tmp_path / f"bottlenecks_{measure.gpu_key()}.json").read_text())
     bottlenecks.validate(doc)
     assert doc["provenance"]["gpu_key"] == measure.gpu_key()
-    assert len(doc["elementwise"]) == len(bottlenecks.SIZES["cpu"]["elementwise"])
+    assert [r["n"] for r in doc["elementwise"]] == list(device.PROFILES["cpu"].bottlenecks.elementwise)
+    assert [r["n"] for r in doc["matmul"]] == list(device.PROFILES["cpu"].matmul_sizes)
 
 
 # ----------------------------------------------------------------------------

@@ -61,3 +61,22 @@ def test_gpu_profile_refused_without_gpu(monkeypatch):
 def test_cpu_profile_is_tiny():
     p = device.PROFILES["cpu"]
     assert max(p.copy_sizes) <= 2**20 and max(p.matmul_sizes) <= 128 and p.vector_n <= 10_000
+    assert max(p.bottlenecks.elementwise) <= 2**16 and p.bottlenecks.d <= 512
+    assert p.linear.d <= 128 and max(p.linear.square) <= 128 and max(p.linear.batches) <= p.linear.d
+    assert all(S_q * S_k <= 2**14 for _, _, _, S_q, S_k, _, _ in p.attention.checks)
+
+
+@pytest.mark.parametrize("name", sorted(device.PROFILES))
+def test_every_profile_has_every_chapters_sizes(name):
+    p = device.PROFILES[name]
+    assert p.name == name and not hasattr(p, "extra")
+    for sizes in (p.copy_sizes, p.matmul_sizes, p.bottlenecks.elementwise, p.linear.batches, p.linear.square):
+        assert sizes and list(sizes) == sorted(set(sizes)), (name, sizes)
+    assert (p.attention.sweep is not None) == p.live
+
+
+def test_gpu_profiles_grow_with_memory():
+    small, large = device.PROFILES["gpu-small"], device.PROFILES["gpu-large"]
+    assert max(small.copy_sizes) < max(large.copy_sizes) and max(small.matmul_sizes) < max(large.matmul_sizes)
+    assert small.linear.d <= large.linear.d and small.attention.softmax_bytes <= large.attention.softmax_bytes
+    assert max(small.attention.sweep.seq_lens) < max(large.attention.sweep.seq_lens)

@@ -22,15 +22,17 @@ written by
     python -m infer_lib.experiments.attention_sweep --out-dir DIR
 
 (B = 1, H = 32, D = 128, bf16, causal, S from 512 to 16384, and the naive steps
-timed one by one at S = 4096; meant to take well under two minutes on an H100). The counts run anywhere: ``attention_flops``, ``naive_steps`` (each step
-of the naive version as a ``roofline.Op``), ``flash_bytes``, the peak-memory
-models ``naive_peak_bytes`` and ``flash_peak_bytes``, and ``tile_map``, which
-tiles of a causal FlashAttention kernel run masked, unmasked or not at all.
+timed one by one at S = 4096; meant to take well under two minutes on an H100).
+The counts run anywhere: ``naive_steps`` (each step of the naive version as a
+``roofline.Op``), ``flash_bytes``, the peak-memory models ``naive_peak_bytes``
+and ``flash_peak_bytes``, and ``tile_map``, which tiles of a causal
+FlashAttention kernel run masked, unmasked or not at all. The chapter's live
+sizes per profile are ``device.Profile.attention``.
 
-FLOPs are counted as in FlashAttention's papers and the benchmark
-(``bench/attention_cases.py``): ``4 · B · H · S_q · S_k · D`` for the two
-matmuls, halved with causal masking (the useful half; the naive version
-computes the masked half too and throws it away).
+FLOPs are ``roofline.attention_flops``, as in FlashAttention's papers and the
+benchmark: ``4 · B · H · S_q · S_k · D`` for the two matmuls, halved with
+causal masking (the useful half; the naive version computes the masked half
+too and throws it away).
 """
 
 from __future__ import annotations
@@ -48,6 +50,8 @@ from .. import device, measure, roofline
 #: The implementations, with the names the benchmark (``bench/attention_cases.py``) uses.
 NAIVE, SDPA, FLASH = "naive PyTorch", "SDPA", "triton flash_attention"
 IMPLS = (NAIVE, SDPA, FLASH)
+#: The copy line of ``softmax_sweep``.
+COPY = "copy"
 
 #: The shipped sweep: sequence lengths and the fixed shape.
 SEQ_LENS = tuple(2**p for p in range(9, 15))   # 512 … 16384
@@ -55,20 +59,11 @@ PARAMS = {"B": 1, "H": 32, "D": 128, "dtype": "bfloat16", "causal": True}
 #: Sequence length at which the naive version's steps are timed one by one.
 STEPS_S = 4096
 
-#: A record of the sweep, and of the naive steps.
-RECORD_KEYS = ("S", "impl", "us", "TFLOPs", "peak_bytes")
-STEP_KEYS = ("step", "flops", "bytes", "us")
 
 
 # ----------------------------------------------------------------------------
 # Counts (run anywhere)
 # ----------------------------------------------------------------------------
-
-def attention_flops(B: int, H: int, S_q: int, S_k: int, D: int, causal: bool) -> int:
-    """``4 · B · H · S_q · S_k · D`` (``Q Kᵀ`` and ``P V``, 2 FLOPs per multiply-add), halved when causal."""
-    flops = 4 * B * H * S_q * S_k * D
-    return flops // 2 if causal else flops
-
 
 def _scaled(op: roofline.Op, n: int, extra_bytes: int = 0) -> roofline.Op:
     return roofline.Op(op.name, op.flops * n, op.bytes * n + extra_bytes)
@@ -170,31 +165,6 @@ def tile_counts(S_q: int, S_k: int, BLOCK_M: int, BLOCK_N: int, causal: bool = T
     return {kind: flat.count(kind) for kind in (FULL, MASKED, SKIPPED)}
 
 
-def sizes(profile: device.Profile) -> dict:
-    """Problem sizes of chapter 4 for a profile.
-
-    ``checks``: ``(B, H, H_kv, S_q, S_k, D, causal)`` shapes for the correctness
-    checks (odd lengths, ``S_q ≠ S_k``, GQA and MQA); ``sweep``: the live sweep's
-    arguments (None on the CPU: nothing is timed there); ``steps_S``: where the naive
-    steps are timed; ``softmax_widths`` and ``softmax_bytes``: the live softmax sweep.
-    """
-    if not profile.live:
-        return {
-            "checks": [(1, 4, 2, 17, 33, 16, True), (1, 2, 1, 40, 40, 32, False),
-                       (2, 2, 2, 65, 50, 64, True)],
-            "sweep": None, "steps_S": None, "softmax_widths": (), "softmax_bytes": 0,
-        }
-    checks = [(2, 8, 2, 1000, 1000, 128, True), (1, 4, 1, 129, 1000, 64, True),
-              (3, 4, 4, 17, 33, 64, False), (1, 8, 8, 1000, 129, 128, True)]
-    if profile.name == "gpu-small":
-        return {"checks": checks,
-                "sweep": {"seq_lens": tuple(2**p for p in range(9, 13)), "B": 1, "H": 16, "D": 128},
-                "steps_S": 2048, "softmax_widths": (1024, 4096, 16384, 32768), "softmax_bytes": 2**26}
-    return {"checks": checks,
-            "sweep": {"seq_lens": tuple(2**p for p in range(9, 14)), "B": 1, "H": 32, "D": 128},
-            "steps_S": STEPS_S, "softmax_widths": (1024, 4096, 16384, 32768), "softmax_bytes": 2**28}
-
-
 # ----------------------------------------------------------------------------
 # Measurements (GPU only)
 # ----------------------------------------------------------------------------
@@ -245,7 +215,7 @@ def sweep(seq_lens=SEQ_LENS, B: int = PARAMS["B"], H: int = PARAMS["H"], D: int 
     records = []
     for S in seq_lens:
         q, k, v = (torch.randn(B, H, S, D, device=device.DEVICE, dtype=dtype) for _ in range(3))
-        flops = attention_flops(B, H, S, S, D, causal)
+        flops = roofline.attention_flops(B, H, S, S, D, causal)
         for impl in impls:
             if impl == NAIVE:
                 need = naive_peak_bytes(B, H, S, S, D, dtype, causal)
@@ -294,8 +264,12 @@ def time_naive_steps(S: int = STEPS_S, B: int = PARAMS["B"], H: int = PARAMS["H"
 
 
 def softmax_sweep(widths, dtype=None, total_bytes: int = 2**28) -> list[dict]:
-    """GB/s of ``kernels.softmax``, ``torch.softmax`` and a copy (``clone``) on ``rows × width``
-    inputs of ``total_bytes`` (GPU only): ``{width, rows, impl, us, GBps}``, bytes read + written."""
+    """GB/s of ``kernels.softmax`` and ``torch.softmax`` on ``rows × width`` inputs of ``total_bytes``,
+    and of a copy of a buffer of that size (``measure.copy_bandwidth``: the most a kernel that reads
+    and writes each byte once can reach) (GPU only): ``{width, rows, impl, us, GBps}``, bytes read +
+    written. The softmaxes are timed with ``measure.bench_us`` (L2 flushed), the copy as
+    ``measure.copy_bandwidth`` times it (L2 warm): for inputs larger than the L2, as here, nearly
+    the same thing."""
     measure._require_gpu("softmax_sweep")
     from ..kernels import softmax
 
@@ -307,10 +281,12 @@ def softmax_sweep(widths, dtype=None, total_bytes: int = 2**28) -> list[dict]:
         x = torch.randn(rows, width, device=device.DEVICE, dtype=dtype)
         nbytes = 2 * rows * width * esize
         for impl, fn in (("triton softmax", lambda: softmax(x)),
-                         ("torch.softmax", lambda: torch.softmax(x, dim=-1)),
-                         ("copy (clone)", lambda: x.clone())):
+                         ("torch.softmax", lambda: torch.softmax(x, dim=-1))):
             us = measure.bench_us(fn)
             out.append({"width": width, "rows": rows, "impl": impl, "us": us, "GBps": nbytes / us / 1e3})
+        del x
+        copy = measure.copy_bandwidth(rows * width * esize, dtype)
+        out.append({"width": width, "rows": rows, "impl": COPY, "us": copy["us"], "GBps": copy["GBps"]})
     return out
 
 
@@ -335,37 +311,32 @@ def run(seq_lens=SEQ_LENS, steps_S: int = STEPS_S) -> dict:
     }
 
 
-def _finite_positive(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0
+#: attention_sweep_<gpu>.json
+SCHEMA = measure.Schema(
+    "attention sweep file",
+    keys=("params", "records", "params.dtype", "params.causal"),
+    numbers=("params.B", "params.H", "params.D"),
+    records=(
+        measure.Records("records", numbers=("S", "us", "TFLOPs", "peak_bytes"), keys=("impl",)),
+        measure.Records("naive_steps.records", numbers=("flops", "bytes", "us"), keys=("step",), optional=True),
+    ),
+)
 
 
 def validate(doc: dict) -> None:
-    """Raise ValueError naming the first thing that does not follow the file's layout."""
+    """Raise ValueError naming the first thing that does not follow the file's layout: ``SCHEMA``,
+    known implementations, and SDPA and ours measured at every sequence length."""
+    measure.validate(doc, SCHEMA)
+
     def need(cond, what):
         if not cond:
-            raise ValueError(f"attention sweep JSON: {what}")
+            raise ValueError(f"{SCHEMA.name}: {what}")
 
-    for key in ("provenance", "params", "records"):
-        need(key in doc, f"missing top-level key {key!r}")
-    for key in ("gpu", "gpu_key", "date", "torch", "triton"):
-        need(key in doc["provenance"], f"provenance lacks {key!r}")
-    for key in ("B", "H", "D", "dtype", "causal"):
-        need(key in doc["params"], f"params lacks {key!r}")
-    need(isinstance(doc["records"], list) and doc["records"], "records must be a non-empty list")
     for i, r in enumerate(doc["records"]):
-        for key in RECORD_KEYS:
-            need(key in r, f"records[{i}] lacks {key!r}")
         need(r["impl"] in IMPLS, f"records[{i}]: impl {r['impl']!r} not one of {IMPLS}")
-        for key in ("S", "us", "TFLOPs", "peak_bytes"):
-            need(_finite_positive(r[key]), f"records[{i}] ({r['impl']}, S={r['S']}): {key} must be > 0")
+    every_S = {r["S"] for r in doc["records"]}
     for impl in (SDPA, FLASH):
-        need({r["S"] for r in doc["records"] if r["impl"] == impl}
-             == {r["S"] for r in doc["records"]}, f"{impl} must be measured at every S")
-    if "naive_steps" in doc:
-        for i, r in enumerate(doc["naive_steps"]["records"]):
-            for key in STEP_KEYS:
-                need(key in r, f"naive_steps.records[{i}] lacks {key!r}")
-            need(_finite_positive(r["us"]), f"naive_steps.records[{i}]: us must be > 0")
+        need({r["S"] for r in doc["records"] if r["impl"] == impl} == every_S, f"{impl} must be measured at every S")
 
 
 def main(argv=None) -> None:

@@ -17,7 +17,8 @@ Principles", 2022):
 with its ``roofline.Op`` (FLOPs and minimum bytes), to place on the roofline;
 ``profile_table`` shows where a small MLP block's time goes in
 ``torch.profiler``'s table. The measured roofline's ceilings (copy bandwidth,
-cuBLAS FLOP/s) come from ``infer_lib.bench.core.measure_limits``, as in the bench.
+cuBLAS FLOP/s) are ``measure.copy_bandwidth`` and ``measure.matmul_flops``, as in
+the bench. Problem sizes per profile: ``device.Profile.bottlenecks``.
 
 Everything here times a GPU: without one each function raises RuntimeError
 (timings of the CPU say nothing about GPU performance) and the chapter shows
@@ -65,27 +66,6 @@ FLOPS_PER_ELEMENT = {
     "row_sum": 1,      # one add per element
 }
 
-#: Problem sizes per profile (``device.PROFILES``): the ``cpu`` sizes are tiny, for
-#: plumbing tests on a GPU; the GPU ones keep the largest buffer at 512 MiB
-#: (1 GiB moved by one GELU) so the whole run stays under a minute on an H100.
-SIZES: dict[str, dict] = {
-    "cpu": dict(elementwise=(2**10, 2**12, 2**14), rows=64, cols=128, d=256, small_batch=4,
-                mlp_tokens=64, mlp_d=128, launch_numel=1024, launch_ops=8),
-    "gpu-small": dict(elementwise=tuple(2**k for k in range(10, 29, 2)), rows=8192, cols=4096,
-                      d=8192, small_batch=16, mlp_tokens=2048, mlp_d=2048, launch_numel=1024,
-                      launch_ops=100),
-    "gpu-large": dict(elementwise=tuple(2**k for k in range(10, 29, 2)), rows=8192, cols=4096,
-                      d=8192, small_batch=16, mlp_tokens=4096, mlp_d=4096, launch_numel=1024,
-                      launch_ops=100),
-}
-
-
-def sizes(profile: device.Profile | None = None) -> dict:
-    """The problem sizes for ``profile`` (default: this machine's), plus its matmul sizes."""
-    prof = profile or device.profile()
-    return {**SIZES[prof.name], "matmul": prof.matmul_sizes}
-
-
 def _dtype(dtype: torch.dtype | None) -> torch.dtype:
     return device.default_dtype() if dtype is None else dtype
 
@@ -124,21 +104,17 @@ def elementwise_sweep(sizes, dtype: torch.dtype | None = None) -> list[dict]:
 # ----------------------------------------------------------------------------
 
 def matmul_sweep(sizes, dtype: torch.dtype | None = None) -> list[dict]:
-    """Time ``a @ b`` (cuBLAS) for square ``n × n`` matrices, each ``n`` in ``sizes``.
-
-    ``2·n³`` FLOPs; at least ``3·n²·s`` bytes (read a and b, write c). Returns
-    ``{n, flops, bytes, us, TFLOPs}`` per size.
-    """
+    """``measure.matmul_flops`` (cuBLAS on square ``n × n`` matrices) for each ``n`` in ``sizes``,
+    with the roofline's counts: ``2·n³`` FLOPs, at least ``3·n²·s`` bytes (read a and b, write c).
+    Returns ``{n, flops, bytes, us, TFLOPs}`` per size."""
     measure._require_gpu("matmul_sweep")
     dtype = _dtype(dtype)
     records = []
     for n in sizes:
         op = roofline.matmul(int(n), int(n), int(n), dtype)
-        a, b = _randn(n, n, dtype=dtype), _randn(n, n, dtype=dtype)
-        us = measure.bench_us(lambda: a @ b)
-        records.append({"n": int(n), "flops": int(op.flops), "bytes": int(op.bytes), "us": measure.sig(us),
-                        "TFLOPs": measure.sig(op.flops / us / 1e6)})
-        del a, b
+        r = measure.matmul_flops(int(n), dtype)
+        records.append({"n": r["n"], "flops": int(op.flops), "bytes": int(op.bytes), "us": r["us"],
+                        "TFLOPs": r["TFLOPs"]})
     return records
 
 
@@ -421,37 +397,34 @@ def parse_profile_table(table: str) -> dict[str, dict]:
 # The measurement file
 # ----------------------------------------------------------------------------
 
-TOP_KEYS = ("provenance", "dtype", "elementwise", "matmul", "launch_overhead", "ops", "profile_table")
 LAUNCH_KEYS = ("numel", "bytes", "n_ops", "eager_wall_us", "kernel_us", "graph_us", "graph_wall_us",
                "batched_us")
 
+#: bottlenecks_<gpu>.json
+SCHEMA = measure.Schema(
+    "bottlenecks file",
+    keys=("dtype", "elementwise", "matmul", "launch_overhead", "ops", "profile_table"),
+    numbers=tuple(f"launch_overhead.{k}" for k in LAUNCH_KEYS),
+    records=(
+        measure.Records("elementwise", numbers=("n", "bytes", "us", "GBps")),
+        measure.Records("matmul", numbers=("n", "flops", "bytes", "us", "TFLOPs")),
+        measure.Records("ops", numbers=("flops", "bytes", "us"), keys=("name", "kind")),
+    ),
+)
+
 
 def validate(doc: dict) -> None:
-    """Raise ValueError naming the first thing in a ``bottlenecks_<gpu>.json`` that is off."""
+    """Raise ValueError naming the first thing in a ``bottlenecks_<gpu>.json`` that is off:
+    ``SCHEMA``, a known dtype, named ops and a non-empty profiler table."""
+    measure.validate(doc, SCHEMA)
+
     def need(cond, what):
         if not cond:
-            raise ValueError(f"bottlenecks JSON: {what}")
+            raise ValueError(f"{SCHEMA.name}: {what}")
 
-    def positive(v):
-        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
-
-    for k in TOP_KEYS:
-        need(k in doc, f"missing top-level key {k!r}")
-    need(isinstance(doc["provenance"], dict) and "gpu" in doc["provenance"], "provenance lacks 'gpu'")
-    need(doc["dtype"] in ("bfloat16", "float16", "float32"), f"dtype {doc['dtype']!r}")
-    for section, keys in (("elementwise", ("n", "bytes", "us", "GBps")),
-                          ("matmul", ("n", "flops", "bytes", "us", "TFLOPs")),
-                          ("ops", ("flops", "bytes", "us"))):
-        need(isinstance(doc[section], list) and doc[section], f"{section} must be a non-empty list")
-        for i, r in enumerate(doc[section]):
-            for k in keys:
-                need(positive(r.get(k)), f"{section}[{i}].{k} must be a finite number > 0, got {r.get(k)!r}")
+    need(doc["dtype"] in device.DTYPES, f"dtype {doc['dtype']!r} is not one of {sorted(device.DTYPES)}")
     for i, r in enumerate(doc["ops"]):
-        need(isinstance(r.get("name"), str) and r["name"], f"ops[{i}] lacks a name")
-    lo = doc["launch_overhead"]
-    need(isinstance(lo, dict), "launch_overhead must be a dict")
-    for k in LAUNCH_KEYS:
-        need(positive(lo.get(k)), f"launch_overhead.{k} must be a finite number > 0, got {lo.get(k)!r}")
+        need(isinstance(r["name"], str) and r["name"], f"ops[{i}] lacks a name")
     need(isinstance(doc["profile_table"], str) and doc["profile_table"].strip(),
          "profile_table must be a non-empty string")
 
@@ -461,7 +434,7 @@ def run(dtype: torch.dtype | None = None, profile: device.Profile | None = None)
     measure._require_gpu("bottlenecks.run")
     dtype = _dtype(dtype)
     prof = profile or device.profile()
-    sz = sizes(prof)
+    sz = prof.bottlenecks
     return {
         "provenance": measure.provenance(),
         "dtype": device.dtype_name(dtype),
@@ -469,15 +442,14 @@ def run(dtype: torch.dtype | None = None, profile: device.Profile | None = None)
         "timing": "triton.testing.do_bench, L2 flushed, median (µs); *_wall_us: host clock, "
                   "sync at the end",
         "elementwise_op": ELEMENTWISE_OP,
-        "elementwise": elementwise_sweep(sz["elementwise"], dtype),
-        "matmul": matmul_sweep(sz["matmul"], dtype),
-        "launch_overhead": launch_overhead(dtype, numel=sz["launch_numel"], n_ops=sz["launch_ops"]),
+        "elementwise": elementwise_sweep(sz.elementwise, dtype),
+        "matmul": matmul_sweep(prof.matmul_sizes, dtype),
+        "launch_overhead": launch_overhead(dtype, numel=sz.launch_numel, n_ops=sz.launch_ops),
         "flops_per_element": dict(FLOPS_PER_ELEMENT),
-        "ops": representative_ops(dtype, rows=sz["rows"], cols=sz["cols"], d=sz["d"],
-                                  small_batch=sz["small_batch"]),
-        "profile_block": {"tokens": sz["mlp_tokens"], "d": sz["mlp_d"], "iters": PROFILE_ITERS,
+        "ops": representative_ops(dtype, rows=sz.rows, cols=sz.cols, d=sz.d, small_batch=sz.small_batch),
+        "profile_block": {"tokens": sz.mlp_tokens, "d": sz.mlp_d, "iters": PROFILE_ITERS,
                           "layers": "linear (d → 4d) → GELU → linear (4d → d) → softmax"},
-        "profile_table": profile_table(dtype, tokens=sz["mlp_tokens"], d=sz["mlp_d"], iters=PROFILE_ITERS),
+        "profile_table": profile_table(dtype, tokens=sz.mlp_tokens, d=sz.mlp_d, iters=PROFILE_ITERS),
     }
 
 
