@@ -111,7 +111,7 @@ def check_config(op: str, config, blocks: dict[str, int], counts: tuple[str, ...
             raise ValueError(f"{op}: config {k}={v!r} must be an integer ≥ 1")
     if not _is_pow2(config.num_warps) or config.num_warps > 32:
         raise ValueError(f"{op}: config num_warps={config.num_warps!r} must be a power of two from 1 to 32")
-    if not isinstance(config.num_stages, int) or config.num_stages < 1:
+    if not isinstance(config.num_stages, int) or isinstance(config.num_stages, bool) or config.num_stages < 1:
         raise ValueError(f"{op}: config num_stages={config.num_stages!r} must be an integer ≥ 1")
 
 
@@ -333,3 +333,45 @@ def softmax_config(n_cols: int, element_size: int) -> triton.Config:
 #: 4096 elements per program: 16 KB of fp32 loads in flight per operand, enough
 #: to keep an SM's memory pipeline busy.
 VECTOR_ADD = triton.Config({"BLOCK_SIZE": 4096}, num_warps=4)
+
+
+# ----------------------------------------------------------------------------
+# matmul_splitk: decode shapes, M ≤ SMALL_M (chapter 3's small-M path)
+# ----------------------------------------------------------------------------
+
+#: ``matmul`` takes the split-K path for at most this many rows: a decoding step's tokens.
+SMALL_M = 64
+
+
+def _sk(bm: int, bn: int, bk: int, split: int, stages: int, warps: int = 4) -> triton.Config:
+    return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": split},
+                         num_stages=stages, num_warps=warps)
+
+
+def _sk_fits(config: triton.Config, shape: dict) -> bool:
+    # One row tile covers all M rows (16 at least, what tl.dot needs): rows are
+    # cheap (they come from L2), the weights are what must not be read twice.
+    return config.kwargs["BLOCK_M"] == min(SMALL_M, max(16, bucket(shape["M"])))
+
+
+SPLITK_MATMUL = KernelConfigs(
+    name="matmul_splitk",
+    lists={
+        # From a sweep of 60 configurations per row tile on an H200 (tools/tune_splitk.py,
+        # 2026-12-01): at K = N = 8192 the fastest split K in two with 64-256 column
+        # tiles; these eight per row tile keep the winners and their neighbours.
+        "default": [_sk(bm, bn, bk, split, stages)
+                    for bm in (16, 32, 64)
+                    for bn, bk, split, stages in ((64, 256, 2, 4), (32, 128, 2, 3), (64, 128, 2, 3),
+                                                  (64, 128, 4, 3), (128, 128, 2, 3), (32, 256, 4, 4),
+                                                  (64, 256, 1, 4), (64, 128, 8, 3))],
+    },
+    smem_bytes=_mm_smem,
+    fits=_sk_fits,
+    fallbacks=[_sk(16, 64, 64, 1, 3), _sk(16, 32, 32, 1, 2)],
+    # Several K slices even for the tests' tiny K: the reduction path runs in the interpreter too.
+    interpreter=_sk(16, 32, 32, 4, 1),
+)
+
+SPLITK_BLOCKS = {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16}
+SPLITK_COUNTS = ("SPLIT_K",)
