@@ -336,10 +336,10 @@ VECTOR_ADD = triton.Config({"BLOCK_SIZE": 4096}, num_warps=4)
 
 
 # ----------------------------------------------------------------------------
-# matmul_splitk: decode shapes, M ≤ SMALL_M (chapter 3's small-M path)
+# matmul_splitk: decode shapes, M ≤ SMALL_M
 # ----------------------------------------------------------------------------
 
-#: ``matmul`` takes the split-K path for at most this many rows: a decoding step's tokens.
+#: The row counts the split-K kernel is made for: a decoding step's tokens, up to 64.
 SMALL_M = 64
 
 

@@ -141,7 +141,7 @@ def _tuning_key(M: int, N: int, K: int, dtype: torch.dtype, index, precision: st
 def matmul_splitk(a: torch.Tensor, b: torch.Tensor, *, config: triton.Config | None = None) -> torch.Tensor:
     """``a @ b`` with the split-K kernel: for ``a (M, K)`` with few rows (decode shapes)
     and ``b (K, N)`` of the same dtype (fp16, bf16 or fp32) on one device; any strides.
-    ``matmul`` calls this itself when ``M`` is small; call it directly to study it.
+    The decode-shaped counterpart of ``matmul``'s tiled kernel.
 
     ``config`` pins a ``triton.Config`` with ``BLOCK_M``, ``BLOCK_N``, ``BLOCK_K``
     (powers of two, at least 16) and ``SPLIT_K`` (≥ 1), plus ``num_warps`` and
