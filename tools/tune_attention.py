@@ -18,17 +18,17 @@ filling 256 MiB: the heuristic the launcher uses (``default``), then
 ``_softmax_kernel`` with other rows-per-program (``r``) and warp (``w``) counts,
 persistent grids (``p`` programs per SM with ``s`` pipeline stages) and, for
 the two widest rows, the two-pass online kernel — next to ``torch.softmax``
-and a plain copy of the same bytes (``out.copy_(x)``). The rows × warps sweep
+and a copy of the same bytes (``measure.copy_bandwidth``). The rows × warps sweep
 runs in fp16; bf16 gets the default and a few persistent variants.
 
 Times: medians of ``infer_lib.measure.bench_us`` (``triton.testing.do_bench``,
-L2 flushed), µs. TFLOP/s = 4·B·H·S²·D / time (halved when causal); GB/s = one
+L2 flushed), µs. TFLOP/s = ``roofline.attention_flops`` / time; GB/s = one
 read + one write of the data / time. ``xSDPA``, ``xtorch`` = peer time / our
 time (above 1: faster than the peer); ``xcopy`` = our GB/s / copy GB/s. Each
 kernel row also shows registers per thread, spills and shared memory; a config
 that fails (e.g. out of shared memory) shows why and the run goes on.
 
-Targets (DESIGN §5): flash_attention ≥ 0.75× SDPA; softmax ≥ 0.9× copy and
+Targets (CONTRIBUTING.md): flash_attention ≥ 0.75× SDPA; softmax ≥ 0.9× copy and
 ≥ 1.0× torch.softmax at every width. The JSON (``--out``) is rewritten after
 every shape, so a run cut short keeps what it measured. Typical run on an
 H100: 3–5 minutes, most of it compiling 4 × 11 attention configurations.
@@ -52,7 +52,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 import triton  # noqa: E402
 
-from infer_lib import device, measure  # noqa: E402
+from infer_lib import device, measure, roofline  # noqa: E402
 
 # the modules, not the functions of the same names that infer_lib.kernels exports
 fa = importlib.import_module("infer_lib.kernels.flash_attention_kernel")
@@ -105,7 +105,7 @@ def tune_flash(args, time_us: Timer, results: dict, save) -> None:
         out = torch.empty_like(q)
         for causal in (False, True):
             label = f"B{B} H{H} S{S} D{D} {'causal' if causal else 'full'}"
-            flops = 4 * B * H * S * S * D // (2 if causal else 1)
+            flops = roofline.attention_flops(B, H, S, S, D, causal)
             tflops = lambda us: flops / us / 1e6  # noqa: E731
             sdpa = lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal)  # noqa: E731
             want = sdpa()
@@ -211,10 +211,10 @@ def tune_softmax(args, time_us: Timer, results: dict, save) -> None:
             label = f"{n_rows}x{width} {str(dtype).removeprefix('torch.')}"
             want = torch.softmax(x, dim=-1)
             torch_us = time_us(lambda: torch.softmax(x, dim=-1))
-            copy_us = time_us(lambda: out.copy_(x))
+            copy_us = measure.copy_bandwidth(x.numel() * esize, dtype, smoke=args.smoke)["us"]
             print(f"\n### {label} ({nbytes / 2**20:.0f} MiB moved)\n"
                   f"{'impl':<26}{'µs':>9}{'GB/s':>9}{'xcopy':>7}{'xtorch':>8}   notes")
-            for name, us in (("copy (out.copy_(x))", copy_us), ("torch.softmax", torch_us)):
+            for name, us in (("copy (measure)", copy_us), ("torch.softmax", torch_us)):
                 print(f"{name:<26}{us:9.1f}{gbps(us):9.0f}{copy_us / us:7.2f}{torch_us / us:8.2f}")
                 rows_out.append({"kernel": "softmax", "case": label, "impl": name, "us": us, "GBps": gbps(us)})
             scored = []
