@@ -83,6 +83,7 @@ def sig(x: float, digits: int = 5) -> float:
     """Round to significant digits: compact measurement files, and tiny smoke-run values stay > 0."""
     return float(f"{x:.{digits}g}")
 
+
 # ----------------------------------------------------------------------------
 # The two ceilings: copy bandwidth and cuBLAS FLOP/s
 # ----------------------------------------------------------------------------
@@ -125,7 +126,7 @@ def copy_bandwidth(nbytes: int = COPY_LIMIT_BYTES, dtype: torch.dtype = torch.fl
     dst = torch.empty_like(src)
 
     def copy():
-        torch.mul(src, 1, out=dst)
+        torch.mul(src, 1, out=dst)   # reads src once, writes dst once; not dst.copy_(src) (see above)
 
     us = wall_us(copy, reps=1) if smoke else bench_us_hot(copy)
     del src, dst  # sweeps climb to GiB buffers: free each before the next
@@ -152,7 +153,6 @@ def matmul_flops(n: int = MATMUL_LIMIT_N, dtype: torch.dtype | str | None = None
     us = wall_us(lambda: torch.matmul(a, b), reps=1) if smoke else bench_us(lambda: torch.matmul(a, b))
     del a, b
     return {"n": int(n), "dtype": device.dtype_name(dtype), "us": sig(us), "TFLOPs": sig(2 * n**3 / us / 1e6)}
-
 
 
 def _driver_and_cuda() -> tuple[str | None, str | None]:
