@@ -16,6 +16,35 @@ TOLERANCES = {
 
 DTYPES = [pytest.param(dt, id=str(dt).removeprefix("torch.")) for dt in device.kernel_dtypes()]
 
+#: Tests of what only compiled kernels do (configurations, sizes the interpreter is too slow for).
+GPU_ONLY = pytest.mark.skipif(not device.HAS_GPU, reason="compiled kernels only on a GPU")
+
+#: Triton's interpreter runs kernels with numpy, which warns where a GPU silently
+#: computes NaN or inf (inf - inf, 0 * inf, x / 0). Tests that feed NaN or ±inf on
+#: purpose silence those warnings; everywhere else they stay visible.
+IEEE_WARNINGS_EXPECTED = pytest.mark.filterwarnings(
+    "ignore:invalid value encountered:RuntimeWarning",
+    "ignore:divide by zero encountered:RuntimeWarning",
+    "ignore:overflow encountered:RuntimeWarning",
+)
+
+
+def assert_close_with_nans(out: torch.Tensor, expected: torch.Tensor, atol: float, rtol: float,
+                           labels: dict | None = None) -> None:
+    """``out`` matches ``expected`` within (atol, rtol), with NaN in exactly the same places.
+
+    ``labels`` maps a leading index (a row) to a name that failure messages print.
+    """
+    assert out.shape == expected.shape and out.dtype == expected.dtype
+    wrong_nan = out.isnan() != expected.isnan()
+    if wrong_nan.any():
+        rows = sorted({int(i) for i in wrong_nan.reshape(wrong_nan.shape[0], -1).any(-1).nonzero().flatten()}
+                      if out.dim() > 0 else {0})
+        named = ", ".join(f"{r} ({(labels or {}).get(r, 'random')})" for r in rows[:12])
+        raise AssertionError(f"NaN in different places than expected: {int(wrong_nan.sum())} elements "
+                             f"in rows {named}")
+    torch.testing.assert_close(out, expected, atol=atol, rtol=rtol, equal_nan=True)
+
 
 def poison(t: torch.Tensor) -> torch.Tensor:
     """Fill an output with NaN so any element a kernel forgets to write fails the comparison."""

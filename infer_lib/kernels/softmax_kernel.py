@@ -8,12 +8,27 @@ when a constant is subtracted from every entry, so we subtract the row maximum
 exponent is ≤ 0, every ``exp`` lies in (0, 1], and the sum lies in [1, n] — no
 overflow for any finite input, however large.
 
-Masked entries are ``-inf``: ``exp(-inf − m) = 0``, so they get probability 0
-and the rest of the row is normalised without them. A *fully* masked row (all
-``-inf``) has no well-defined softmax (0/0; ``torch.softmax`` returns NaN). We
-define it as **all zeros**, as FlashAttention does for a query that sees no
-key: such a row contributes nothing downstream instead of spreading NaN.
-``softmax_ref`` below implements the same definition.
+Special values follow ``torch.softmax`` exactly, so the kernel never returns
+a plausible-looking answer for a broken input. IEEE arithmetic on the two
+per-row scalars ``m`` and ``s = Σ_k exp(x_k − m)`` does it, with no extra pass:
+
+* ``-inf`` entries in a row with at least one finite entry (masked scores):
+  ``exp(-inf − m) = 0``, so they get probability exactly 0 and the rest of the
+  row is normalised without them.
+* A row that is entirely ``-inf`` (fully masked): ``m = -inf`` and
+  ``x_j − m = -inf − (-inf) = NaN``, so the whole row is NaN — its softmax is
+  0/0, and NaN says so instead of inventing a distribution.
+* A ``+inf`` entry: ``m = +inf``, ``+inf − m = NaN`` enters the sum, so the
+  whole row is NaN (``torch.softmax`` gives NaN too: ``∞/∞``).
+* A NaN entry: ``exp(NaN) = NaN`` enters the sum, so the whole row is NaN.
+
+Rows are independent: a special value never leaks into another row. The
+kernels' only guards (a ``tl.where`` on per-row scalars) stop ``-inf − (-inf)``
+where it is *not* an answer: in padding rows past the last row, and in the
+online kernel's leading blocks of a row whose finite entries come later.
+``softmax_ref`` below is the same formula in PyTorch, and the tests hold both
+to ``torch.softmax``. (Attention is another matter: ``flash_attention`` returns
+zeros for a query whose scores are all masked, as SDPA does.)
 
 The online softmax (Milakov & Gimelshein 2018) processes a row in blocks
 without knowing its maximum in advance. Keep a running maximum ``m`` and a
@@ -59,16 +74,19 @@ MAX_FUSED_BLOCK = _tuning.SOFTMAX_MAX_FUSED_BLOCK
 
 
 def softmax_ref(x: torch.Tensor) -> torch.Tensor:
-    """Softmax over the last dim in fp32, cast back; a fully masked (all ``-inf``) row gives zeros."""
+    """Softmax over the last dim in fp32, cast back; NaN and ±inf behave as in ``torch.softmax``."""
     xf = x.float()
-    m = xf.amax(dim=-1, keepdim=True)
-    m = m.masked_fill(m == float("-inf"), 0.0)      # fully masked row: exp(-inf - 0) = 0 below
-    e = torch.exp(xf - m)
-    s = e.sum(dim=-1, keepdim=True)                 # in [1, n], or 0 for a fully masked row
-    return (e / s.masked_fill(s == 0, 1.0)).to(x.dtype)
+    m = xf.amax(dim=-1, keepdim=True)               # NaN if the row holds NaN (amax propagates it)
+    e = torch.exp(xf - m)                           # all-(-inf) row or +inf entry: NaN, as torch
+    s = e.sum(dim=-1, keepdim=True)                 # in [1, n] for a row with a finite maximum
+    return (e / s).to(x.dtype)
 
 
-@triton.jit
+# n_rows is not specialised: Triton would otherwise compile again whenever the
+# number of rows (tokens in the batch) changes its divisibility by 16 or becomes
+# 1. n_cols stays specialised: a model's width is fixed, so it costs one compile,
+# and knowing it is a multiple of 16 lets the masked loads vectorise.
+@triton.jit(do_not_specialize=["n_rows"])
 def _softmax_kernel(x_ptr, out_ptr, n_rows, n_cols, stride_x, stride_out,
                     BLOCK: tl.constexpr, ROWS: tl.constexpr, NUM_STAGES: tl.constexpr):
     # Each step of the loop owns ROWS whole rows: a (ROWS, BLOCK) tile. With a
@@ -78,8 +96,9 @@ def _softmax_kernel(x_ptr, out_ptr, n_rows, n_cols, stride_x, stride_out,
     n_tiles = tl.cdiv(n_rows, ROWS)
     offs_c = tl.arange(0, BLOCK)
     for tile in tl.range(pid, n_tiles, tl.num_programs(0), num_stages=NUM_STAGES):
-        offs_r = tile * ROWS + tl.arange(0, ROWS)
-        mask = (offs_r[:, None] < n_rows) & (offs_c[None, :] < n_cols)
+        offs_r = tile * ROWS + tl.arange(0, ROWS)                 # (ROWS,)
+        row_ok = offs_r < n_rows                                  # the last tile may run past n_rows
+        mask = row_ok[:, None] & (offs_c[None, :] < n_cols)       # (ROWS, BLOCK)
         rows = offs_r.to(tl.int64)[:, None]  # int64: row · stride may pass 2**31
         # Read once from HBM; padding reads as -inf so it gets probability 0.
         # fp32 from here on (the interpreter's bf16 arithmetic is broken, triton
@@ -87,11 +106,15 @@ def _softmax_kernel(x_ptr, out_ptr, n_rows, n_cols, stride_x, stride_out,
         # on the GPU it costs nothing in a memory-bound kernel).
         x = tl.load(x_ptr + rows * stride_x + offs_c[None, :], mask=mask,
                     other=float("-inf")).to(tl.float32)          # (ROWS, BLOCK)
-        m = tl.max(x, axis=1)                                     # (ROWS,)
-        m = tl.where(m == float("-inf"), 0.0, m)                  # fully masked row -> zeros below
-        e = tl.exp(x - m[:, None])                                # in [0, 1]: no overflow
-        s = tl.sum(e, axis=1)                                     # in [1, n], 0 if fully masked
-        out = e * (1.0 / tl.where(s > 0, s, 1.0))[:, None]
+        # Padding rows (past n_rows, never stored) are all -inf: shift them by 0
+        # and divide them by 1 so they compute zeros, not NaN. Real rows get no
+        # guard: an all -inf row (m = -inf), a +inf or a NaN makes its own row
+        # NaN through IEEE arithmetic, as torch.softmax does. Both wheres act
+        # on (ROWS,) scalars: free.
+        m = tl.where(row_ok, tl.max(x, axis=1), 0.0)             # (ROWS,)
+        e = tl.exp(x - m[:, None])                                # in [0, 1] for a finite m: no overflow
+        s = tl.sum(e, axis=1)                                     # (ROWS,) in [1, n], or NaN
+        out = e * (1.0 / tl.where(row_ok, s, 1.0))[:, None]       # one division per row
         tl.store(out_ptr + rows * stride_out + offs_c[None, :],
                  out.to(out_ptr.dtype.element_ty), mask=mask)     # written once
 
@@ -108,19 +131,23 @@ def _softmax_online_kernel(x_ptr, out_ptr, n_cols, stride_x, stride_out, BLOCK: 
     s = tl.sum(tl.zeros([BLOCK], tl.float32), axis=0)                   # scalar 0
     for start in range(0, n_cols, BLOCK):
         cols = start + offs
-        x = tl.load(x_row + cols, mask=cols < n_cols, other=float("-inf")).to(tl.float32)
-        m_new = tl.maximum(m, tl.max(x, axis=0))
+        x = tl.load(x_row + cols, mask=cols < n_cols, other=float("-inf")).to(tl.float32)  # (BLOCK,)
+        m_new = tl.maximum(m, tl.max(x, axis=0))                                            # scalar
         # Until a finite entry has been seen m_new is -inf; shift by 0 instead
-        # (exp(-inf - 0) = 0) so that no -inf - (-inf) = NaN appears.
+        # (exp(-inf - 0) = 0) so that leading masked blocks add 0, not
+        # -inf - (-inf) = NaN, to a row that has finite entries further on.
+        # A +inf or NaN still makes s NaN, and NaN stays NaN in later blocks.
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
         s = s * tl.exp(m - m_safe) + tl.sum(tl.exp(x - m_safe), axis=0)
         m = m_new
-    m = tl.where(m == float("-inf"), 0.0, m)
-    inv_s = 1.0 / tl.where(s > 0, s, 1.0)                                # fully masked: zeros
+    # No guard here: s is in [1, n] for a row with a finite maximum; a row that
+    # is all -inf keeps m = -inf (x - m = NaN below), and a +inf or NaN left
+    # s = NaN: the whole row comes out NaN, as torch.softmax gives.
+    inv_s = 1.0 / s
     # Pass 2: read the row again, normalise, write it once.
     for start in range(0, n_cols, BLOCK):
         cols = start + offs
-        x = tl.load(x_row + cols, mask=cols < n_cols, other=float("-inf")).to(tl.float32)
+        x = tl.load(x_row + cols, mask=cols < n_cols, other=float("-inf")).to(tl.float32)  # (BLOCK,)
         out = tl.exp(x - m) * inv_s
         tl.store(out_row + cols, out.to(out_ptr.dtype.element_ty), mask=cols < n_cols)
 
@@ -149,8 +176,9 @@ def _launch_online(x2: torch.Tensor, out2: torch.Tensor, block: int = _tuning.SO
 def softmax(x: torch.Tensor) -> torch.Tensor:
     """Softmax over the last dimension of ``x`` (any leading dims), in x's dtype.
 
-    ``-inf`` entries get probability 0; a row that is entirely ``-inf`` gives
-    zeros (``torch.softmax`` gives NaN there). The last dimension must have
+    NaN and ±inf give what ``torch.softmax`` gives: ``-inf`` entries get
+    probability 0, and a row that is entirely ``-inf``, or holds a ``+inf`` or a
+    NaN, comes out all NaN. The last dimension must have
     stride 1; leading dimensions may be strided (rows are addressed through a
     row stride when they can be merged into one, and copied once otherwise).
     """
