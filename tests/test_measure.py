@@ -50,12 +50,22 @@ def test_matmul_flops_smoke_counts_2n3():
     assert measure.matmul_flops(8, "bfloat16", smoke=True)["dtype"] == "bfloat16"
 
 
-def test_the_copy_is_an_elementwise_kernel_not_copy_():
-    # copy_ captured in a CUDA graph becomes a memcpy node, slower than a kernel: it must not come back.
-    import inspect
+def test_the_copy_is_an_elementwise_kernel_not_copy_(monkeypatch):
+    # copy_ captured in a CUDA graph becomes a memcpy node, slower than a kernel: the copy is
+    # torch.mul(src, 1, out=dst), one read and one write, and never Tensor.copy_.
+    calls, mul = [], torch.mul
 
-    body = inspect.getsource(measure.copy_bandwidth).replace(measure.copy_bandwidth.__doc__, "")
-    assert "torch.mul(src, 1, out=dst)" in body and "bench_us_hot" in body and ".copy_(" not in body
+    def spy_mul(*args, **kw):
+        calls.append((args[1], "out" in kw))
+        return mul(*args, **kw)
+
+    def no_copy(*args, **kw):
+        raise AssertionError("copy_bandwidth must not use Tensor.copy_")
+
+    monkeypatch.setattr(torch, "mul", spy_mul)
+    monkeypatch.setattr(torch.Tensor, "copy_", no_copy)
+    measure.copy_bandwidth(2**12, smoke=True)
+    assert calls == [(1, True)]
 
 
 @pytest.mark.skipif(not device.HAS_GPU, reason="needs a CUDA GPU")
