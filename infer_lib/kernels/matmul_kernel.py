@@ -47,7 +47,10 @@ reads ``a`` and ``b`` as often as the tiling and L2 above allow.
 Tails. ``M``, ``N`` and ``K`` need not be multiples of the tile: rows and
 columns past the edge are wrapped back into range for the loads (``% M``,
 ``% N``: valid addresses, results discarded) and masked at the store; the last
-``K`` step loads zeros past ``K``.
+``K`` step loads zeros past ``K`` in both ``a`` and ``b``. No padding ever meets
+a real value in a product, so NaN and ±inf propagate exactly as in
+``torch.matmul`` (``inf·0`` and ``inf − inf`` are NaN, a sum too large for the
+output type rounds to ±inf) and a finite result stays finite.
 
 Tuning. Which tile is fastest depends on the GPU and the shape, so on a GPU
 the launcher times the configurations listed for the GPU's architecture class
@@ -109,16 +112,22 @@ def _matmul_kernel(
     pid = tl.program_id(axis=0)
     num_pid_m = tl.cdiv(M, BLOCK_M)
     num_pid_n = tl.cdiv(N, BLOCK_N)
-    num_pid_in_group = GROUP_M * num_pid_n
+    # A group never spans more rows of tiles than there are. Without the clamp a
+    # huge GROUP_M (2**30, say) overflows GROUP_M * num_pid_n in int32 and whole
+    # tiles of c are never written; with it the product is at most the grid size.
+    group_m = min(num_pid_m, GROUP_M)
+    num_pid_in_group = group_m * num_pid_n
     group_id = pid // num_pid_in_group
-    first_pid_m = group_id * GROUP_M
-    group_size_m = min(num_pid_m - first_pid_m, GROUP_M)  # the last group may be short
+    first_pid_m = group_id * group_m
+    group_size_m = min(num_pid_m - first_pid_m, group_m)  # the last group may be short
     pid_m = first_pid_m + ((pid % num_pid_in_group) % group_size_m)
     pid_n = (pid % num_pid_in_group) // group_size_m
 
     # Rows and columns past the edge wrap around (% M, % N): their loads stay in
-    # bounds and their results are dropped by the store mask. int64 so that
-    # offsets into matrices of more than 2**31 elements do not overflow.
+    # bounds and their results are dropped by the store mask. Row i of the tile
+    # only ever feeds row i of acc, so an inf or NaN pulled into a wrapped row
+    # never reaches a stored element. int64 so that offsets into matrices of more
+    # than 2**31 elements do not overflow.
     offs_am = ((pid_m * BLOCK_M + tl.arange(0, BLOCK_M)) % M).to(tl.int64)
     offs_bn = ((pid_n * BLOCK_N + tl.arange(0, BLOCK_N)) % N).to(tl.int64)
     offs_k = tl.arange(0, BLOCK_K)
@@ -127,7 +136,9 @@ def _matmul_kernel(
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)  # stays in registers for the whole loop
     for k in range(0, tl.cdiv(K, BLOCK_K)):
-        # One slab of a and one of b per step; zeros past K add nothing to the sum.
+        # One slab of a and one of b per step. Past K both slabs load zeros, so the
+        # padding adds 0·0 = 0 to the sum. Masking one operand only would be wrong:
+        # a padded 0 times an inf or NaN that the other one loaded is NaN.
         k_left = K - k * BLOCK_K
         a = tl.load(a_ptrs, mask=offs_k[None, :] < k_left, other=0.0)
         b = tl.load(b_ptrs, mask=offs_k[:, None] < k_left, other=0.0)
@@ -177,13 +188,23 @@ def matmul(a: torch.Tensor, b: torch.Tensor, *, config: triton.Config | None = N
     or fp32) on one device; returns ``(M, N)`` in that dtype. Any strides.
 
     ``config`` pins one ``triton.Config`` (keys ``BLOCK_M``, ``BLOCK_N``,
-    ``BLOCK_K`` — powers of two, at least 16 — and ``GROUP_M`` ≥ 1, plus
-    ``num_warps`` and ``num_stages``) instead of tuning: for experiments with
-    tile sizes and for deterministic runs.
+    ``BLOCK_K`` — powers of two, at least 16 — and the integer ``GROUP_M`` ≥ 1,
+    plus ``num_warps``, a power of two up to 32, and ``num_stages`` ≥ 1) instead
+    of tuning: for experiments with tile sizes and for deterministic runs. A bad
+    value raises (``TypeError`` or ``ValueError`` naming it) before anything is
+    launched.
+
+    Inputs that require grad raise ``RuntimeError`` while grad mode is on (there
+    is no backward pass); call it under ``torch.no_grad()``.
     """
     check_tensor("matmul", "a", a, ndim=2)
     check_tensor("matmul", "b", b, ndim=2)
     check_same("matmul", a=a, b=b)
+    if a.is_cuda and a.device.index != torch.cuda.current_device():
+        # Triton launches on the current device, not on the tensors' one: a kernel
+        # on cuda:0 would read cuda:1's memory unordered with cuda:1's stream.
+        with torch.cuda.device(a.device):
+            return matmul(a, b, config=config)
     if a.dtype == torch.bfloat16 and not device.supports_bf16():
         cap = device.capability()
         raise TypeError(f"matmul: bfloat16 needs tensor cores of compute capability 8.0 or newer and "
