@@ -6,10 +6,14 @@ For bf16 and fp16 at 1024³, 4096³, 8192³ and the decode-like M=16, N=K=8192
 (shapes are M×N×K: a is (M, K), b is (K, N)), it
 
 1. launches the jitted kernel ``_matmul_kernel`` with each configuration of
-   the list (``HOPPER_CONFIGS`` on an H100/H200; ``--list`` picks another),
-   bypassing the autotuner, checks the result against cuBLAS and times it;
+   the list of this GPU's architecture class in ``kernels/_tuning.py``
+   (``_tuning.MATMUL``; ``--list`` picks another class's list), bypassing the
+   tuner, checks the result against cuBLAS and times it; each row says whether
+   the tuner would consider the configuration for this shape (``candidate``) or
+   prunes it (its shared-memory estimate exceeds the GPU's, or its tile is far
+   larger than the problem);
 2. times ``torch.matmul`` (cuBLAS) on the same inputs;
-3. calls the public ``matmul(a, b)``, lets the autotuner pick (its choice is
+3. calls the public ``matmul(a, b)`` and lets the tuner pick (its choice is
    printed and timed too).
 
 Times: medians of ``infer_lib.measure.bench_us`` (``triton.testing.do_bench``,
@@ -18,7 +22,7 @@ L2 flushed), µs. TFLOP/s = 2·M·N·K / time. ``xcuBLAS`` = cuBLAS time / our t
 thread, spills, shared memory, and whether the PTX uses wgmma (Hopper tensor
 cores); a config that fails to compile (e.g. out of shared memory) shows why.
 
-The target (DESIGN §5): ≥ 0.85× cuBLAS in bf16 and fp16 at 4096³ and 8192³.
+The target: ≥ 0.85× cuBLAS in bf16 and fp16 at 4096³ and 8192³.
 The JSON (``--out``; rewritten after every shape, so a run cut short keeps what
 it measured) holds every row and the provenance block. Typical run on an H100:
 2-4 minutes, most of it compiling 2 × 11 configurations.
@@ -40,16 +44,19 @@ import infer_lib  # noqa: E402,F401  (before triton)
 import torch  # noqa: E402
 
 from infer_lib import device, measure  # noqa: E402
+from infer_lib.kernels import _tuning  # noqa: E402
 import importlib  # noqa: E402
 
 # the module, not the function of the same name that infer_lib.kernels exports
 mm = importlib.import_module("infer_lib.kernels.matmul_kernel")
+MATMUL = _tuning.MATMUL
 
 SHAPES = {"1024^3": (1024, 1024, 1024), "4096^3": (4096, 4096, 4096), "8192^3": (8192, 8192, 8192),
           "M16": (16, 8192, 8192)}
 TARGET_SHAPES = ("4096^3", "8192^3")
 TARGET = 0.85
-LISTS = {"hopper": "HOPPER_CONFIGS", "ampere": "AMPERE_CONFIGS", "small": "SMALL_SMEM_CONFIGS"}
+#: the architecture classes that have a list of their own in _tuning.MATMUL
+LISTS = ("hopper", "ampere", "small_smem")
 #: tolerance of a config's result against cuBLAS: atol per √K and rtol (as in the bench cases)
 TOL = {torch.bfloat16: (2e-2, 2e-2), torch.float16: (5e-3, 5e-3)}
 
@@ -64,7 +71,7 @@ def launch(cfg, a, b, c):
     """The jitted kernel with this config's meta-parameters, as the launcher would call it."""
     M, K = a.shape
     N = b.shape[1]
-    return mm._matmul_kernel[mm._grid(M, N)](
+    return mm._matmul_kernel[mm._grid(M, N, cfg)](
         a, b, c, M, N, K, a.stride(0), a.stride(1), b.stride(0), b.stride(1), c.stride(0), c.stride(1),
         **cfg.kwargs, **mm._kernel_flags(a.dtype), num_warps=cfg.num_warps, num_stages=cfg.num_stages)
 
@@ -102,7 +109,8 @@ def main(argv=None) -> int:
     ap.add_argument("--shapes", nargs="+", choices=list(SHAPES), default=list(SHAPES))
     ap.add_argument("--dtypes", nargs="+", choices=["bfloat16", "float16"], default=["bfloat16", "float16"])
     ap.add_argument("--list", choices=["device", *LISTS], default="device",
-                    help="which configuration list to time (default: the one this GPU autotunes over)")
+                    help="which architecture class's configuration list to time "
+                         "(default: the one this GPU's tuner times)")
     ap.add_argument("--rep-ms", type=int, default=100, help="do_bench repetition time per measurement")
     args = ap.parse_args(argv)
 
@@ -111,11 +119,11 @@ def main(argv=None) -> int:
         return 2
     t_start = time.time()
     cap = device.capability()
-    configs = mm.config_list(cap) if args.list == "device" else getattr(mm, LISTS[args.list])
-    list_name = next(n for n in LISTS.values() if getattr(mm, n) is configs)
-    _, max_smem = mm._device_limits(torch.cuda.current_device())
+    list_name = _tuning.arch_class(cap) if args.list == "device" else args.list
+    configs = MATMUL.config_list(cap) if args.list == "device" else MATMUL.lists[list_name]
+    max_smem = _tuning.max_shared_memory()
     print(f"# {device.describe()}")
-    print(f"# {list_name}: {len(configs)} configs; shared memory per block {max_smem // 1024} KiB; "
+    print(f"# {list_name} list: {len(configs)} configs; shared memory per block {max_smem // 1024} KiB; "
           f"bench_us median, L2 flushed, rep {args.rep_ms} ms")
     bench = lambda fn: measure.bench_us(fn, rep_ms=args.rep_ms)  # noqa: E731
 
@@ -139,10 +147,13 @@ def main(argv=None) -> int:
             print(f"{sname:<8} {dname:<9} {'cuBLAS (torch.matmul)':<24} {cublas_us:9.1f} "
                   f"{tflops(cublas_us):8.1f} {1.0:8.2f}", flush=True)
             rows = []
+            shape = {"M": M, "N": N}
+            candidates = MATMUL.candidates(cap, max_smem, dtype.itemsize, shape)
             for cfg in configs:
                 row = {"shape": sname, "M": M, "N": N, "K": K, "dtype": dname, "config": cfg_name(cfg),
                        "kwargs": dict(cfg.kwargs), "num_warps": cfg.num_warps, "num_stages": cfg.num_stages,
-                       "smem_estimate_KiB": mm.smem_bytes(cfg, dtype.itemsize) / 1024}
+                       "smem_estimate_KiB": MATMUL.smem_bytes(cfg, dtype.itemsize, shape) / 1024,
+                       "candidate": cfg in candidates}
                 c = torch.empty(M, N, device=device.DEVICE, dtype=dtype)
                 try:
                     t0 = time.time()
@@ -154,7 +165,8 @@ def main(argv=None) -> int:
                     us = bench(lambda: launch(cfg, a, b, c))
                     row.update(us=us, TFLOPs=tflops(us), vs_cublas=cublas_us / us)
                     notes = (f"regs {row.get('regs', '?')} spills {row.get('spills', '?')} "
-                             f"smem {row.get('smem_KiB', '?')}K wgmma {row.get('wgmma', '?')}"
+                             f"smem {row.get('smem_KiB', '?')}K wgmma {row.get('wgmma', '?')} "
+                             + ("candidate" if row["candidate"] else "pruned")
                              + ("" if row["correct"] else "  WRONG RESULT"))
                     print(f"{sname:<8} {dname:<9} {row['config']:<24} {us:9.1f} {row['TFLOPs']:8.1f} "
                           f"{row['vs_cublas']:8.2f}  {notes}", flush=True)
@@ -167,7 +179,7 @@ def main(argv=None) -> int:
                 rows.append(row)
                 del c
 
-            # What the autotuner picks through the public launcher (it times its pruned list itself).
+            # What the tuner picks through the public launcher (it times its pruned list itself).
             auto = {"shape": sname, "dtype": dname}
             try:
                 t0 = time.time()
@@ -175,16 +187,16 @@ def main(argv=None) -> int:
                 torch.cuda.synchronize()
                 auto["tune_s"] = round(time.time() - t0, 2)
                 picked = mm.best_config(a, b)
-                auto["picked"] = cfg_name(picked) if picked is not None else "none (not autotuned)"
+                auto["picked"] = cfg_name(picked) if picked is not None else "none (not tuned)"
                 auto["correct"], _ = check(got, ref, K, dtype)
                 auto_us = bench(lambda: mm.matmul(a, b))
                 auto.update(us=auto_us, TFLOPs=tflops(auto_us), vs_cublas=cublas_us / auto_us)
-                print(f"{sname:<8} {dname:<9} {'autotuned matmul()':<24} {auto_us:9.1f} {auto['TFLOPs']:8.1f} "
+                print(f"{sname:<8} {dname:<9} {'tuned matmul()':<24} {auto_us:9.1f} {auto['TFLOPs']:8.1f} "
                       f"{auto['vs_cublas']:8.2f}  picked {auto['picked']} (tuning {auto['tune_s']} s)"
                       + ("" if auto["correct"] else "  WRONG RESULT"), flush=True)
             except Exception as e:
                 auto["error"] = f"{type(e).__name__}: {e}"[:200]
-                print(f"{sname:<8} {dname:<9} {'autotuned matmul()':<24} failed: {auto['error']}", flush=True)
+                print(f"{sname:<8} {dname:<9} {'tuned matmul()':<24} failed: {auto['error']}", flush=True)
 
             ok_rows = [r for r in rows if "us" in r and r["correct"]]
             best = min(ok_rows, key=lambda r: r["us"]) if ok_rows else None
@@ -193,7 +205,7 @@ def main(argv=None) -> int:
                 "shape": sname, "M": M, "N": N, "K": K, "dtype": dname,
                 "cublas_us": cublas_us, "cublas_TFLOPs": tflops(cublas_us),
                 "best": None if best is None else {k: best[k] for k in ("config", "us", "TFLOPs", "vs_cublas")},
-                "autotuned": auto,
+                "tuned": auto,
             })
             measure.save(doc, args.out)  # a run cut short keeps what it measured
             del a, b, ref
@@ -202,9 +214,9 @@ def main(argv=None) -> int:
 
     print(f"\n# best per shape (target: >= {TARGET:.2f}x cuBLAS at {', '.join(TARGET_SHAPES)})")
     print(f"{'shape':<8} {'dtype':<9} {'cuBLAS':>8} {'best config':<24} {'TFLOP/s':>8} {'x':>5}   "
-          f"{'autotuner picked':<24} {'TFLOP/s':>8} {'x':>5}  target")
+          f"{'tuner picked':<24} {'TFLOP/s':>8} {'x':>5}  target")
     for s in doc["summary"]:
-        best, auto = s["best"], s["autotuned"]
+        best, auto = s["best"], s["tuned"]
         b_txt = (f"{best['config']:<24} {best['TFLOPs']:8.1f} {best['vs_cublas']:5.2f}" if best
                  else f"{'(none correct)':<24} {'':8} {'':5}")
         a_txt = (f"{auto.get('picked', '?'):<24} {auto['TFLOPs']:8.1f} {auto['vs_cublas']:5.2f}" if "us" in auto
