@@ -151,6 +151,10 @@ def matmul_splitk(a: torch.Tensor, b: torch.Tensor, *, config: triton.Config | N
     check_tensor("matmul_splitk", "a", a, ndim=2)
     check_tensor("matmul_splitk", "b", b, ndim=2)
     check_same("matmul_splitk", a=a, b=b)
+    if a.is_cuda and a.device.index != torch.cuda.current_device():
+        # Triton launches on the current device, not on the tensors' one.
+        with torch.cuda.device(a.device):
+            return matmul_splitk(a, b, config=config)
     if a.dtype == torch.bfloat16 and not device.supports_bf16():
         cap = device.capability()
         raise TypeError(f"matmul_splitk: bfloat16 needs tensor cores of compute capability 8.0 or newer "

@@ -183,6 +183,10 @@ def softmax(x: torch.Tensor) -> torch.Tensor:
     row stride when they can be merged into one, and copied once otherwise).
     """
     check_tensor("softmax", "x", x)
+    if x.is_cuda and x.device.index != torch.cuda.current_device():
+        # Triton launches on the current device, not on the tensors' one.
+        with torch.cuda.device(x.device):
+            return softmax(x)
     if x.dim() == 0:
         raise ValueError("softmax: x is 0-d (a single number); softmax normalises over the last "
                          "dimension, so x needs at least one dimension")

@@ -51,6 +51,10 @@ def vector_add(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     check_tensor("vector_add", "x", x)
     check_tensor("vector_add", "y", y)
     check_same("vector_add", x=x, y=y)
+    if x.is_cuda and x.device.index != torch.cuda.current_device():
+        # Triton launches on the current device, not on the tensors' one.
+        with torch.cuda.device(x.device):
+            return vector_add(x, y)
     if x.shape != y.shape:
         raise ValueError(f"vector_add: x has shape {tuple(x.shape)} but y has shape {tuple(y.shape)}; "
                          "the kernel adds elementwise and does not broadcast")
