@@ -3,9 +3,9 @@
 ``Attention(Q, K, V) = softmax(Q Kᵀ · sm_scale) · V`` with ``sm_scale = 1/√D``
 by default (Vaswani et al. 2017, "Attention Is All You Need", eq. 1).
 
-Shapes follow ``torch.nn.functional.scaled_dot_product_attention`` and
-DESIGN §2 (one vocabulary: ``B`` batch, ``H`` query heads, ``H_kv``
-key/value heads, ``S`` sequence, ``D`` head dim, ``d`` model dim):
+Shapes follow ``torch.nn.functional.scaled_dot_product_attention`` (one
+vocabulary: ``B`` batch, ``H`` query heads, ``H_kv`` key/value heads, ``S``
+sequence, ``D`` head dim, ``d`` model dim):
 
 * ``q (B, H, S_q, D)``, ``k, v (B, H_kv, S_k, D)``, ``H % H_kv == 0``.
   With ``H_kv < H`` (grouped-query attention; ``H_kv = 1`` is multi-query)
@@ -17,6 +17,14 @@ key/value heads, ``S`` sequence, ``D`` head dim, ``d`` model dim):
 * A query row that sees no key (possible only when causal and ``S_q > S_k``)
   returns zeros — softmax over an empty set is undefined, and zeros are what
   FlashAttention returns.
+* NaN and ±inf give what SDPA's math backend gives on the keys a query sees:
+  a NaN in the query or in a key it sees, or a score of ``+inf``, makes its
+  output NaN; a NaN (or inf) in a value it sees reaches that column; a
+  ``−inf`` score gives probability 0, and a query whose every score is
+  ``−inf`` returns zeros (PyTorch ≥ 2.5). A key the causal mask hides does
+  not reach the query at all — where SDPA, which adds the mask as ``−inf`` and
+  multiplies the hidden keys' zero probabilities by ``v``, spreads a NaN or
+  inf in any key or value to every query.
 
 Three functions:
 
@@ -48,6 +56,8 @@ def _check_attention_shapes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -
     H, H_kv = q.shape[1], k.shape[1]
     if q.shape[0] != k.shape[0] or q.shape[3] != k.shape[3]:
         raise ValueError(f"q {tuple(q.shape)} and k {tuple(k.shape)} must agree in batch B and head dim D")
+    if H_kv == 0:
+        raise ValueError(f"k and v have H_kv=0 key/value heads (shape {tuple(k.shape)}); need at least one")
     if H % H_kv != 0:
         raise ValueError(f"H={H} query heads is not a multiple of H_kv={H_kv} key/value heads")
     return H, H_kv
@@ -62,11 +72,14 @@ def causal_mask(S_q: int, S_k: int, device=None) -> torch.Tensor:
 
 def attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False,
                   sm_scale: float | None = None) -> torch.Tensor:
-    """``softmax(q kᵀ · sm_scale) v`` in fp32 — the definition in DESIGN §2, written for reading.
+    """``softmax(q kᵀ · sm_scale) v`` in fp32, written for reading.
 
     q (B, H, S_q, D); k, v (B, H_kv, S_k, D). Returns (B, H, S_q, D) in q's dtype.
+    NaN and ±inf as in the module docstring.
     """
     H, H_kv = _check_attention_shapes(q, k, v)
+    if k.shape[2] == 0:                                     # no keys: no query sees any
+        return torch.zeros_like(q)
     D = q.shape[-1]
     sm_scale = 1.0 / math.sqrt(D) if sm_scale is None else sm_scale
     qf, kf, vf = q.float(), k.float(), v.float()
@@ -78,15 +91,25 @@ def attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: boo
     scores = (qf @ kf.transpose(-2, -1)) * sm_scale         # (B, H, S_q, S_k)
     if causal:
         visible = causal_mask(q.shape[2], k.shape[2], device=q.device)
+        # replaced, not added to: the score of a hidden key is gone, even a NaN
         scores = scores.masked_fill(~visible, float("-inf"))
-    # Subtract the row maximum so exp never overflows; a row that sees no key
-    # has maximum -inf, and we define its output as zeros.
+    # Subtract the row maximum so exp never overflows. A row whose scores are
+    # all -inf (it sees no key, or every key it sees scores -inf) has maximum
+    # -inf: shift it by 0 instead, so its p is all 0 and its output zeros. A NaN
+    # or +inf maximum is left alone: exp gives NaN and the row comes out NaN.
     row_max = scores.amax(dim=-1, keepdim=True)             # (B, H, S_q, 1)
     row_max = row_max.masked_fill(row_max == float("-inf"), 0.0)
     p = torch.exp(scores - row_max)                         # exp(-inf) = 0 at masked keys
-    denom = p.sum(dim=-1, keepdim=True)                     # 0 only for a row that sees no key
+    denom = p.sum(dim=-1, keepdim=True)                     # 0 only for a row of -inf scores
     p = p / denom.masked_fill(denom == 0, 1.0)              # ... whose p is all 0: output 0
-    return (p @ vf).to(q.dtype)                             # (B, H, S_q, D)
+    out = p @ vf                                            # (B, H, S_q, D)
+    if causal and not torch.isfinite(vf).all():
+        # p is 0 at a hidden key, but 0 · NaN and 0 · inf are NaN: the matmul
+        # would carry a NaN or inf value to queries that do not see its key.
+        # Sum over the keys each query sees instead (a prefix of the keys).
+        for i, n in enumerate(visible.sum(dim=-1).tolist()):
+            out[..., i:i + 1, :] = p[..., i:i + 1, :n] @ vf[..., :n, :]
+    return out.to(q.dtype)
 
 
 def multi_head_attention_ref(x: torch.Tensor, w_q: torch.Tensor, w_k: torch.Tensor, w_v: torch.Tensor,

@@ -5,7 +5,7 @@ Math: ``q (B, H, S_q, D)``, ``k, v (B, H_kv, S_k, D)``, query head
 ``sm_scale`` defaults to ``1/√D``. With ``causal=True`` query ``i`` sees keys
 ``j ≤ i + S_k − S_q`` (aligned bottom-right, as FlashAttention does; SDPA's
 ``is_causal`` when ``S_q = S_k``). A query that sees no key returns zeros.
-The fp32 reference is ``infer_lib.reference.attention_ref``.
+The fp32 reference is ``flash_attention_ref`` below.
 
 Algorithm (FlashAttention-2, Dao 2023). One program owns a tile of
 ``BLOCK_M`` queries of one (batch, head) and keeps it on chip. It streams the
@@ -19,7 +19,7 @@ keys and values in tiles of ``BLOCK_N`` through SRAM and, for each tile,
     m     = m_new
 
 and writes ``acc / l`` once at the end. This is the online softmax of
-``softmax.py`` applied to attention: the ``S_q × S_k`` score matrix exists only
+``softmax_kernel.py`` applied to attention: the ``S_q × S_k`` score matrix exists only
 tile by tile, in registers. ``exp`` is computed as ``exp2`` with
 ``sm_scale · log2(e)`` folded into one multiply (``exp(x) = 2^(x·log2 e)``;
 ``ex2`` is the GPU's native instruction). ``m``, ``l`` and ``acc`` are fp32; the
@@ -29,6 +29,32 @@ Causal masking skips work instead of masking it: a query tile stops at the last
 key its last row may see (keys beyond it are never loaded), and only the key
 tiles that straddle the diagonal — or the end of the sequence — are masked
 element by element. All other tiles run a mask-free loop.
+
+The grid is one-dimensional: ``B · H · ⌈S_q / BLOCK_M⌉`` programs, the query
+tiles of one (batch, head) numbered consecutively. CUDA allows 2³¹ − 1 programs
+along the first grid dimension but only 65 535 along the other two, and a decode
+batch has ``B · H = 2048 · 32 = 65 536`` heads.
+
+NaN and ±inf behave as in ``torch.nn.functional.scaled_dot_product_attention``
+(its math backend, which defines the operation), through IEEE arithmetic on
+the running ``m`` and ``l``:
+
+* a NaN in a query, or in a key it sees, makes that query's output NaN; a NaN
+  in a value it sees makes that column of its output NaN;
+* a score of ``+inf`` (an infinite key) makes the query's output NaN
+  (``exp(inf − inf)``); a score of ``−inf`` gives that key probability 0;
+* a query whose every visible score is ``−inf`` returns zeros (SDPA's
+  ``_safe_softmax``, PyTorch ≥ 2.5), and so does a query that sees no key.
+
+Where this differs from SDPA, on purpose: **a key that the causal mask hides
+from a query does not reach it**. SDPA's math backend adds the mask to the
+scores as ``−inf`` (NaN + −inf = NaN) and multiplies the hidden keys' zero
+probabilities by ``v`` (0 · NaN = NaN), so a NaN or inf anywhere in ``k`` or ``v``
+spreads to every query. Here hidden keys beyond a query tile's last visible key
+are never even loaded. One residue: a NaN or ±inf in the *value* of a hidden key
+inside a diagonal tile that a later query of the same tile sees still reaches
+the query as NaN (p = 0 there, and 0 · NaN = NaN in ``p v``) — never as a wrong
+finite number. Removing it would cost tile-sized work in every diagonal tile.
 
 Memory traffic: reads q once, k and v once per query tile (from L2 when the
 tiles of one head run together, from HBM otherwise), writes the output once;
@@ -44,18 +70,34 @@ tutorial 06 "Fused attention"
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 import triton
 import triton.language as tl
 
 from .. import device
+from ..reference import attention_ref
 from . import _tuning
 from ._checks import check_tensor
 
 #: log2(e): exp(x) = exp2(x · LOG2E)
 LOG2E = 1.4426950408889634
 SUPPORTED_HEAD_DIMS = (16, 32, 64, 128)
+#: CUDA's limit on the first grid dimension (the others stop at ``_tuning.MAX_GRID_YZ``)
+MAX_PROGRAMS = 2**31 - 1
+
+
+def flash_attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False,
+                        sm_scale: float | None = None) -> torch.Tensor:
+    """What ``flash_attention`` computes, in plain PyTorch (fp32 inside, cast back to q's dtype).
+
+    ``infer_lib.reference.attention_ref``: the bottom-right causal mask, GQA by
+    indexing, zeros for a query that sees no key, and NaN/±inf as in the module
+    docstring — SDPA's math backend applied to the keys each query sees.
+    """
+    return attention_ref(q, k, v, causal=causal, sm_scale=sm_scale)
+
 
 @triton.jit
 def _attn_fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn,
@@ -69,7 +111,9 @@ def _attn_fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn,
     for start_n in range(start, end, BLOCK_N):
         cols = start_n + offs_n                                   # key positions (BLOCK_N,)
         if MASKED:
-            k = tl.load(k_ptrs, mask=cols[:, None] < S_k, other=0.0)
+            # Keys from `end` on (past S_k, or past the tile's last visible key)
+            # read as 0: a NaN stored there must not reach p v as 0 · NaN.
+            k = tl.load(k_ptrs, mask=cols[:, None] < end, other=0.0)
         else:
             k = tl.load(k_ptrs)                                   # (BLOCK_N, D), SRAM
         if UPCAST:
@@ -83,17 +127,17 @@ def _attn_fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn,
         # Online softmax in base 2: scores scaled by sm_scale·log2(e) (> 0, so
         # the max of the scaled scores is the scaled max).
         m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
-        m_shift = m_new
-        if MASKED:
-            # A row that has seen no key yet keeps m = -inf: shift it by 0 instead,
-            # so exp2(-inf) = 0 rather than exp2(-inf - (-inf)) = NaN.
-            m_shift = tl.where(m_new == float("-inf"), 0.0, m_new)
+        # A row whose scores so far are all -inf (masked, or -inf from an
+        # infinite key) keeps m = -inf: shift it by 0 instead, so that p and
+        # alpha are exp2(-inf) = 0 rather than exp2(-inf - (-inf)) = NaN. Needed
+        # in the unmasked tiles too; a where on (BLOCK_M,) values per tile is free.
+        m_shift = tl.where(m_new == float("-inf"), 0.0, m_new)
         p = tl.exp2(s * qk_scale - m_shift[:, None])              # (BLOCK_M, BLOCK_N)
         alpha = tl.exp2(m_i - m_shift)                            # rescales the old l and acc
         l_i = l_i * alpha + tl.sum(p, 1)
         acc = acc * alpha[:, None]
         if MASKED:
-            v = tl.load(v_ptrs, mask=cols[:, None] < S_k, other=0.0)
+            v = tl.load(v_ptrs, mask=cols[:, None] < end, other=0.0)
         else:
             v = tl.load(v_ptrs)                                   # (BLOCK_N, D)
         if UPCAST:
@@ -121,13 +165,16 @@ def _flash_attention_kernel(
     HEAD_DIM: tl.constexpr, IS_CAUSAL: tl.constexpr, UPCAST: tl.constexpr,
     DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    # Grid: (query tiles, B·H). Query tiles of one head run side by side, so the
-    # K/V tiles they all read come from L2 after the first. With causal masking
-    # the last query tiles do the most work: launch them first (a shorter tail).
-    pid_m = tl.program_id(0)
+    # Grid: B·H·⌈S_q/BLOCK_M⌉ programs along one dimension. Consecutive programs
+    # take consecutive query tiles of one (batch, head), so the K/V tiles they all
+    # read come from L2 after the first. With causal masking the last query tiles
+    # of a head do the most work: they run first (a shorter tail).
+    n_tiles_m = tl.cdiv(S_q, BLOCK_M)
+    pid = tl.program_id(0)
+    pid_bh = pid // n_tiles_m
+    pid_m = pid % n_tiles_m
     if IS_CAUSAL:
-        pid_m = tl.num_programs(0) - 1 - pid_m
-    pid_bh = tl.program_id(1)
+        pid_m = n_tiles_m - 1 - pid_m
     off_b = (pid_bh // H).to(tl.int64)
     off_h = (pid_bh % H).to(tl.int64)
     off_hkv = off_h // GROUP                        # GQA/MQA: shared K/V head, not a copy
@@ -170,8 +217,14 @@ def _flash_attention_kernel(
                                     offs_m, offs_n, full_end, end, qk_scale, S_k, diag,
                                     BLOCK_N, True, IS_CAUSAL, UPCAST, DOT_PRECISION)
 
-    # Normalise once; a row that saw no key has l = 0 and acc = 0: output 0.
+    # Normalise once. l = 0 where every visible score was -inf: acc is 0 there
+    # too (or NaN from a NaN value, as in SDPA), and 0 / 1 gives zeros.
     acc = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
+    if IS_CAUSAL:
+        # A query that sees no key (S_q > S_k) returns zeros by definition. Its
+        # acc may hold NaN from a value it does not see (p = 0 in a diagonal tile,
+        # and 0 · NaN = NaN), so set it rather than trust l = 0. Per row: free.
+        acc = tl.where((offs_m + diag >= 0)[:, None], acc, 0.0)
     o_ptrs = o_ptr + off_b * stride_ob + off_h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od
     tl.store(o_ptrs, acc.to(o_ptr.dtype.element_ty), mask=offs_m[:, None] < S_q)  # written once
 
@@ -199,15 +252,40 @@ def _check_inputs(q, k, v, sm_scale) -> None:
     if k.shape[3] != D:
         raise ValueError(f"{op}: q has head dim D={D} but k and v have D={k.shape[3]}")
     H_kv = k.shape[1]
-    if H_kv == 0 or H % H_kv != 0:
+    if H == 0:
+        raise ValueError(f"{op}: q has H=0 query heads (shape {tuple(q.shape)} is (B, H, S_q, D)); "
+                         "attention needs at least one head")
+    if H_kv == 0:
+        raise ValueError(f"{op}: k and v have H_kv=0 key/value heads (shape {tuple(k.shape)} is "
+                         "(B, H_kv, S_k, D)); every query head needs a key/value head to read")
+    if H % H_kv != 0:
         raise ValueError(f"{op}: H={H} query heads is not a multiple of H_kv={H_kv} key/value heads")
     if D not in SUPPORTED_HEAD_DIMS:
         raise ValueError(f"{op}: head dim D={D} unsupported: use a power of two from 16 to 128")
     if q.dtype == torch.bfloat16 and not device.supports_bf16():
         raise TypeError(f"{op}: bfloat16 needs compute capability 8.0 or newer and this GPU is "
                         f"sm_{''.join(map(str, device.capability()))}; use float16")
-    if sm_scale is not None and not sm_scale > 0:
-        raise ValueError(f"{op}: sm_scale must be a positive number, got {sm_scale}")
+    if sm_scale is not None:
+        if isinstance(sm_scale, bool) or not isinstance(sm_scale, numbers.Real):
+            hint = " (a tensor: pass sm_scale.item())" if isinstance(sm_scale, torch.Tensor) else ""
+            raise TypeError(f"{op}: sm_scale must be a number, got {type(sm_scale).__name__} "
+                            f"{sm_scale!r}{hint}")
+        try:
+            finite_positive = math.isfinite(sm_scale) and sm_scale > 0
+        except OverflowError:   # an int beyond the float range
+            finite_positive = False
+        if not finite_positive:
+            raise ValueError(f"{op}: sm_scale must be a finite positive number (the default is 1/√D), "
+                             f"got {sm_scale!r}")
+
+
+def _grid(B: int, H: int, S_q: int, block_m: int) -> tuple[int]:
+    """One program per (batch, head, query tile), all along the first grid dimension."""
+    programs = B * H * triton.cdiv(S_q, block_m)
+    if programs > MAX_PROGRAMS:
+        raise ValueError(f"flash_attention: B·H·⌈S_q/BLOCK_M⌉ = {B}·{H}·⌈{S_q}/{block_m}⌉ = {programs} "
+                         f"programs exceed CUDA's grid limit of 2**31 − 1; split the batch")
+    return (programs,)
 
 
 def _tuning_key(q: torch.Tensor, S_k: int, causal: bool) -> tuple:
@@ -231,7 +309,7 @@ def _launch(q, k, v, out, causal: bool, sm_scale: float, config: triton.Config |
                 DOT_PRECISION="ieee" if (fp32 or device.INTERPRET) else "tf32")
 
     def run(cfg: triton.Config):
-        grid = (triton.cdiv(S_q, cfg.kwargs["BLOCK_M"]), B * H)
+        grid = _grid(B, H, S_q, cfg.kwargs["BLOCK_M"])
         return _flash_attention_kernel[grid](*args, **meta, **cfg.kwargs,
                                              num_warps=cfg.num_warps, num_stages=cfg.num_stages)
 
@@ -250,7 +328,9 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: b
     q (B, H, S_q, D); k, v (B, H_kv, S_k, D) with H a multiple of H_kv; D a power
     of two from 16 to 128; fp16, bf16 or fp32; any strides. ``causal`` masks
     bottom-right (query i sees keys j ≤ i + S_k − S_q); a query that sees no key
-    returns zeros. ``sm_scale`` defaults to 1/√D. Returns (B, H, S_q, D) in q's dtype.
+    returns zeros. ``sm_scale`` (a finite positive number) defaults to 1/√D.
+    NaN and ±inf propagate as in SDPA (module docstring). Returns (B, H, S_q, D)
+    in q's dtype.
     """
     _check_inputs(q, k, v, sm_scale)
     B, H, S_q, D = q.shape
