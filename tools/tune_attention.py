@@ -5,13 +5,16 @@
 Part 1, ``flash_attention`` (bf16; fp16 where there is no bf16), at the bench
 shapes B=4 H=32 S=4096 D=128 and B=8 H=16 S=4096 D=64, causal and not:
 
-1. launches the jitted kernel with each configuration of ``HOPPER_CONFIGS``,
-   bypassing the autotuner (``flash_attention._launch(..., config)``), checks
-   the result against SDPA and times it;
+1. launches the jitted kernel with each configuration of this GPU's list in
+   ``kernels/_tuning.py`` (``FLASH_ATTENTION.config_list``), bypassing the tuner
+   (``flash_attention_kernel._launch(..., config)``); a configuration whose
+   pipeline overflows the shared memory (``FLASH_ATTENTION.smem_bytes``) is
+   reported as pruned; checks the result against SDPA and times it;
 2. times ``torch.nn.functional.scaled_dot_product_attention`` (PyTorch picks
    its backend) on the same inputs;
-3. calls the public ``flash_attention``, lets the autotuner pick (its choice is
-   printed), and times that.
+3. calls the public ``flash_attention``, lets the tuner pick (its choice, cached
+   in ``_tuning.FLASH_ATTENTION.cache`` under the bucketed shape, is printed),
+   and times that.
 
 Part 2, ``softmax`` (fp16 and bf16) at widths 1024, 4096, 16384, 32768, rows
 filling 256 MiB: the heuristic the launcher uses (``default``), then
@@ -31,8 +34,9 @@ that fails (e.g. out of shared memory) shows why and the run goes on.
 Targets (CONTRIBUTING.md): flash_attention ≥ 0.75× SDPA; softmax ≥ 0.9× copy and
 ≥ 1.0× torch.softmax at every width. The JSON (``--out``) is rewritten after
 every shape, so a run cut short keeps what it measured. Typical run on an
-H100: 3–5 minutes, most of it compiling 4 × 11 attention configurations.
-``--smoke`` runs the plumbing on the CPU at tiny sizes (timings meaningless).
+H100: 3–5 minutes, most of it compiling 4 × 14 attention configurations.
+``--smoke`` runs the plumbing on the CPU at tiny sizes with two configurations
+(timings meaningless).
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ import torch.nn.functional as F  # noqa: E402
 import triton  # noqa: E402
 
 from infer_lib import device, measure, roofline  # noqa: E402
+from infer_lib.kernels import _tuning  # noqa: E402
 
 # the modules, not the functions of the same names that infer_lib.kernels exports
 fa = importlib.import_module("infer_lib.kernels.flash_attention_kernel")
@@ -95,11 +100,14 @@ class Timer:
 def tune_flash(args, time_us: Timer, results: dict, save) -> None:
     dtype = torch.bfloat16 if device.supports_bf16() else torch.float16
     shapes = [(1, 2, 256, 64), (1, 2, 192, 32)] if args.smoke else list(fa_cases.ATTENTION_SHAPES)
-    configs = fa.HOPPER_CONFIGS
+    configs = _tuning.FLASH_ATTENTION.config_list(device.capability())
+    if args.smoke:
+        configs = configs[:2]
+    smem_limit = _tuning.max_shared_memory()
     rows = results.setdefault("flash_attention", [])
     best = results.setdefault("flash_attention_best", {})
     print(f"\n## flash_attention ({str(dtype).removeprefix('torch.')}), "
-          f"{len(configs)} configs; shared memory per program: {fa.max_shared_memory() // 1024} KB")
+          f"{len(configs)} configs; shared memory per program: {smem_limit // 1024} KB")
     for B, H, S, D in shapes:
         q, k, v = (torch.randn(B, H, S, D, device=device.DEVICE, dtype=dtype) for _ in range(3))
         out = torch.empty_like(q)
@@ -117,8 +125,8 @@ def tune_flash(args, time_us: Timer, results: dict, save) -> None:
             scored = []
             for cfg in configs:
                 name = cfg_name(cfg)
-                smem_est = fa.shared_memory_bytes(cfg, D, q.element_size())
-                if smem_est > fa.max_shared_memory():
+                smem_est = _tuning.FLASH_ATTENTION.smem_bytes(cfg, q.element_size(), {"D": D})
+                if smem_est > smem_limit:
                     print(f"{name:<28}{'':>10}{'':>10}{'':>8}   pruned: needs ~{smem_est // 1024} KB shared memory")
                     rows.append({"kernel": "flash_attention", "case": label, "impl": name, "error": "pruned (smem)"})
                     continue
@@ -139,14 +147,16 @@ def tune_flash(args, time_us: Timer, results: dict, save) -> None:
                       f" (first call {compile_s:.1f} s)")
                 rows.append({"kernel": "flash_attention", "case": label, "impl": name, "config": cfg.all_kwargs(),
                              "us": us, "TFLOPs": tflops(us), "x_sdpa": sdpa_us / us, **info})
-            # the public entry point: autotuned on the GPU (tuning happens here, outside the timing)
+            # the public entry point: tuned on the GPU for long sequences (tuning happens
+            # here, outside the timing); its pick is cached under the bucketed shape
             fa.flash_attention(q, k, v, causal=causal)
             auto_us = time_us(lambda: fa.flash_attention(q, k, v, causal=causal))
-            chosen = getattr(fa._flash_attention_autotuned, "best_config", None)
-            chosen_name = cfg_name(chosen) if chosen is not None and "BLOCK_M" in chosen.kwargs else "fixed config"
-            print(f"{'flash_attention (autotuned)':<28}{auto_us:10.1f}{tflops(auto_us):10.1f}"
+            chosen = _tuning.FLASH_ATTENTION.cache.get(fa._tuning_key(q, S, causal))
+            chosen_name = cfg_name(chosen) if chosen is not None else \
+                "fixed " + cfg_name(_tuning.FLASH_ATTENTION.fixed(q.element_size(), {"D": D}))
+            print(f"{'flash_attention (tuned)':<28}{auto_us:10.1f}{tflops(auto_us):10.1f}"
                   f"{sdpa_us / auto_us:8.2f}   picked {chosen_name}")
-            rows.append({"kernel": "flash_attention", "case": label, "impl": "flash_attention (autotuned)",
+            rows.append({"kernel": "flash_attention", "case": label, "impl": "flash_attention (tuned)",
                          "picked": chosen_name, "us": auto_us, "TFLOPs": tflops(auto_us), "x_sdpa": sdpa_us / auto_us})
             if scored:
                 us, name = min(scored)
@@ -166,26 +176,26 @@ def softmax_variants(width: int, esize: int, n_sm: int, smoke: bool, full: bool)
     ``full``: sweep rows × warps too (done for fp16; bf16 moves the same bytes and
     gets the launcher's default and its persistent variants only, to save time).
     """
-    block = max(16, triton.next_power_of_2(width))
-    default = sm._fused_config(width, esize)
-    out = [("default " + "r{1} w{2}".format(*default), {"kind": "fused", "block": block, "rows": default[1],
-                                                         "num_warps": default[2]})]
+    default = _tuning.softmax_config(width, esize)              # what the launcher runs
+    block, d_rows, d_warps = default.kwargs["BLOCK"], default.kwargs["ROWS"], default.num_warps
+    out = [(f"default r{d_rows} w{d_warps}", {"kind": "fused", "block": block, "rows": d_rows,
+                                              "num_warps": d_warps})]
     if not full:
-        return out + [(f"default p{p} s{s}", {"kind": "fused", "block": block, "rows": default[1],
-                                              "num_warps": default[2], "num_stages": s, "programs": p * n_sm})
+        return out + [(f"default p{p} s{s}", {"kind": "fused", "block": block, "rows": d_rows,
+                                              "num_warps": d_warps, "num_stages": s, "programs": p * n_sm})
                       for p, s in ((1, 2), (2, 2), (4, 1))]
     for rows in (1, 2, 4, 8, 16):
         for warps in (4, 8, 16, 32):
             per_thread = rows * block // (32 * warps)
             if rows * block > sm.MAX_FUSED_BLOCK or not 4 <= per_thread <= 64:
                 continue
-            if (rows, warps) == default[1:]:
+            if (rows, warps) == (d_rows, d_warps):
                 continue
             out.append((f"r{rows} w{warps}", {"kind": "fused", "block": block, "rows": rows, "num_warps": warps}))
     for per_sm in (1, 2, 4):
         for stages in (1, 2, 3):
-            out.append((f"default p{per_sm} s{stages}", {"kind": "fused", "block": block, "rows": default[1],
-                                                        "num_warps": default[2], "num_stages": stages,
+            out.append((f"default p{per_sm} s{stages}", {"kind": "fused", "block": block, "rows": d_rows,
+                                                        "num_warps": d_warps, "num_stages": stages,
                                                         "programs": per_sm * n_sm}))
     if width >= 16384 or smoke:
         for ob, w in ((4096, 8), (8192, 16), (16384, 16)):
