@@ -1,11 +1,18 @@
 """Shared test helpers. ``infer_lib`` is imported first so that, without a GPU,
 Triton's interpreter is switched on before anything imports triton."""
 
+import os
+
 import infer_lib  # noqa: F401  (must precede any triton import)
 import pytest
 import torch
 
 from infer_lib import device
+
+if os.environ.get("PYTEST_XDIST_WORKER") and not device.HAS_GPU:
+    # pytest -n N runs N workers on N cores: one thread each, or PyTorch's own
+    # threads fight the other workers (SDPA and matmul references ran 10-40x slower).
+    torch.set_num_threads(1)
 
 #: (dtype, atol, rtol) for comparing a kernel with its fp32 reference.
 TOLERANCES = {

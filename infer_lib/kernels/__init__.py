@@ -11,10 +11,10 @@ input checks in ``_checks.py``.
 """
 
 from .. import device as _device  # noqa: F401  (TRITON_INTERPRET before triton)
-from .flash_attention_kernel import flash_attention
+from .flash_attention_kernel import flash_attention, flash_attention_ref
 from .matmul_kernel import matmul, matmul_ref
 from .matmul_splitk_kernel import matmul_splitk, matmul_splitk_ref
 from .softmax_kernel import softmax, softmax_ref
 from .vector_add_kernel import vector_add, vector_add_ref
 
-__all__ = ["flash_attention", "matmul", "matmul_ref", "matmul_splitk", "matmul_splitk_ref", "softmax", "softmax_ref", "vector_add", "vector_add_ref"]
+__all__ = ["flash_attention", "flash_attention_ref", "matmul", "matmul_ref", "matmul_splitk", "matmul_splitk_ref", "softmax", "softmax_ref", "vector_add", "vector_add_ref"]

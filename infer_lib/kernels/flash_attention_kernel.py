@@ -333,6 +333,10 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: b
     in q's dtype.
     """
     _check_inputs(q, k, v, sm_scale)
+    if q.is_cuda and q.device.index != torch.cuda.current_device():
+        # Triton launches on the current device, not on the tensors' one.
+        with torch.cuda.device(q.device):
+            return flash_attention(q, k, v, causal=causal, sm_scale=sm_scale)
     B, H, S_q, D = q.shape
     sm_scale = 1.0 / math.sqrt(D) if sm_scale is None else float(sm_scale)
     out = torch.empty((B, H, S_q, D), dtype=q.dtype, device=q.device)
