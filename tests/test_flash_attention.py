@@ -269,9 +269,9 @@ def test_tuned_path_and_its_cache(D, causal, monkeypatch, poisoned_outputs):
     for S in (S1, S2):
         _run(*_qkv(1, 4, 2, S, S, D, dtype), causal)
         assert len(_tuning.FLASH_ATTENTION.cache) == 1, list(_tuning.FLASH_ATTENTION.cache)
-    # S_q ≠ S_k (a prompt after a cached prefix): a second bucket pair, its own pick
-    _run(*_qkv(2, 4, 1, 1100, 1500, D, dtype), causal)
-    assert len(_tuning.FLASH_ATTENTION.cache) == 2
+    # S_q ≠ S_k (a prompt after a cached prefix) in another bucket pair (2048, 4096): its own pick
+    _run(*_qkv(2, 4, 1, 1100, 2100, D, dtype), causal)
+    assert len(_tuning.FLASH_ATTENTION.cache) == 2, list(_tuning.FLASH_ATTENTION.cache)
 
 
 @pytest.mark.parametrize("gpu, smem", [("H100", 232448), ("A100", 166912), ("L4", 101376), ("T4", 65536)])
