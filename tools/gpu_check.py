@@ -129,7 +129,7 @@ def main(argv: list[str]) -> int:
             continue
         if part == "tests":
             ensure_notebook_packages(log)  # tests/test_notebooks.py reads the chapters with nbformat
-            rc = log.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-p", "no:benchmark",
+            rc = log.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:benchmark",
                           "-n", "8",
                           f"--junitxml={work / 'junit_tests.xml'}",
                           *([] if any(a.endswith(".py") for a in args) else ["tests"]), *args], env=env)
