@@ -10,9 +10,15 @@ import pytest
 import torch
 
 from infer_lib import hardware
-from infer_lib.exercises import ch01
+from infer_lib.exercises import NOT_ATTEMPTED, ch01
 
 H100 = hardware.SPECS["h100_sxm"]
+
+
+def _assert_not_attempted(capsys, match=""):
+    """The check printed "not attempted yet" (for the part ``match`` names) and raised nothing."""
+    lines = [line for line in capsys.readouterr().out.splitlines() if NOT_ATTEMPTED in line]
+    assert lines and any(re.search(match, line) for line in lines), lines
 
 
 def _gpus(bytes_per_param):
@@ -45,8 +51,8 @@ def _most_starved():
 def test_gpus_for_weights(capsys):
     ch01.gpus_for_weights(_gpus(2))
     assert "✅ Exercise 1.1: correct." in capsys.readouterr().out
-    with pytest.raises(NotImplementedError, match="replace the `...`"):
-        ch01.gpus_for_weights(...)
+    ch01.gpus_for_weights(...)
+    _assert_not_attempted(capsys, "replace the `...`")
     with pytest.raises(AssertionError, match="counts 1 byte per parameter"):
         ch01.gpus_for_weights(_gpus(1))
     with pytest.raises(AssertionError, match=r"counts 4 bytes per parameter \(fp32\)"):
@@ -60,8 +66,8 @@ def test_gpus_for_weights(capsys):
 def test_machine_balance(capsys):
     ch01.machine_balance(_balance_bf16())
     assert "✅ Exercise 1.2: correct." in capsys.readouterr().out
-    with pytest.raises(NotImplementedError):
-        ch01.machine_balance(...)
+    ch01.machine_balance(...)
+    _assert_not_attempted(capsys)
     with pytest.raises(AssertionError, match="sparse peak"):
         ch01.machine_balance(2 * _balance_bf16())
     with pytest.raises(AssertionError, match="plain FP32 peak"):
@@ -76,10 +82,10 @@ def test_decode_bound(capsys):
     out = capsys.readouterr().out
     assert "✅ Exercise 1.3 (time per token): correct." in out
     assert "✅ Exercise 1.3 (tokens/s): correct." in out
-    with pytest.raises(NotImplementedError):
-        ch01.decode_bound(..., ...)
-    with pytest.raises(NotImplementedError, match=r"tokens/s"):
-        ch01.decode_bound(ms, ...)
+    ch01.decode_bound(..., ...)
+    _assert_not_attempted(capsys)
+    ch01.decode_bound(ms, ...)
+    _assert_not_attempted(capsys, r"tokens/s")
     with pytest.raises(AssertionError, match=r"time per token.*counts 1 byte per parameter"):
         ch01.decode_bound(_token_ms(1), 1e3 / _token_ms(1))
     with pytest.raises(AssertionError, match=r"tokens/s.*counts 1 byte per parameter"):
@@ -93,8 +99,8 @@ def test_link_time(capsys):
     ch01.link_time(nvlink, pcie)
     out = capsys.readouterr().out
     assert "✅ Exercise 1.4 (NVLink): correct." in out and "✅ Exercise 1.4 (PCIe): correct." in out
-    with pytest.raises(NotImplementedError):
-        ch01.link_time(..., ...)
+    ch01.link_time(..., ...)
+    _assert_not_attempted(capsys)
     with pytest.raises(AssertionError, match=r"NVLink.*sum of both directions"):
         ch01.link_time(_link_ms(H100.nvlink_GBps, one_way=False), pcie)
     with pytest.raises(AssertionError, match=r"PCIe.*sum of both directions"):
@@ -107,8 +113,8 @@ def test_highest_balance(capsys):
     best = _most_starved()
     ch01.highest_balance(best)
     assert "✅ Exercise 1.5: correct." in capsys.readouterr().out
-    with pytest.raises(NotImplementedError):
-        ch01.highest_balance(...)
+    ch01.highest_balance(...)
+    _assert_not_attempted(capsys)
     wrong = next(k for k in hardware.SPECS if k != best)
     with pytest.raises(AssertionError, match=re.escape(hardware.SPECS[wrong].name) + " does .* another GPU does more"):
         ch01.highest_balance(wrong)

@@ -4,14 +4,22 @@ The right answers are worked out here by hand, as a learner would, from the spec
 not with ``infer_lib.roofline``, which the checks themselves use.
 """
 
+import re
+
 import pytest
 
 from infer_lib import hardware
-from infer_lib.exercises import ch02
+from infer_lib.exercises import NOT_ATTEMPTED, ch02
 
 H100 = hardware.SPECS["h100_sxm"]
 A100 = hardware.SPECS["a100_40gb"]
 BF16 = 2  # bytes
+
+
+def _assert_not_attempted(capsys, match=""):
+    """The check printed "not attempted yet" (for the part ``match`` names) and raised nothing."""
+    lines = [line for line in capsys.readouterr().out.splitlines() if NOT_ATTEMPTED in line]
+    assert lines and any(re.search(match, line) for line in lines), lines
 
 
 def _linear_intensity(batch, d, flops_per_mac=2, nbytes=BF16):
@@ -27,8 +35,8 @@ def test_decode_intensity(capsys):
     assert 0.95 * ch02.DECODE_BATCH < right < ch02.DECODE_BATCH   # about B, a little under: X and Y add bytes
     ch02.decode_intensity(right)
     assert "✅ Exercise 2.1: correct." in capsys.readouterr().out
-    with pytest.raises(NotImplementedError, match="replace the `...`"):
-        ch02.decode_intensity(...)
+    ch02.decode_intensity(...)
+    _assert_not_attempted(capsys, "replace the `...`")
     with pytest.raises(AssertionError, match="multiply-add is 2 FLOPs"):
         ch02.decode_intensity(_linear_intensity(ch02.DECODE_BATCH, ch02.DECODE_D, flops_per_mac=1))
     with pytest.raises(AssertionError, match="multiply-add is 2 FLOPs"):
@@ -51,10 +59,10 @@ def test_linear_bound(capsys):
     out = capsys.readouterr().out
     assert "✅ Exercise 2.2 (A100 SXM4 80GB): correct." in out
     assert "✅ Exercise 2.2 (A100 SXM4 40GB): correct." in out
-    with pytest.raises(NotImplementedError):
-        ch02.linear_bound(..., ...)
-    with pytest.raises(NotImplementedError):
-        ch02.linear_bound("compute", ...)
+    ch02.linear_bound(..., ...)
+    _assert_not_attempted(capsys)
+    ch02.linear_bound("compute", ...)
+    _assert_not_attempted(capsys)
     with pytest.raises(AssertionError, match=r"A100 SXM4 80GB.*machine balance"):
         ch02.linear_bound("memory", "memory")
     with pytest.raises(AssertionError, match=r"A100 SXM4 40GB.*machine balance"):
@@ -73,10 +81,10 @@ def test_fusion(capsys):
     out = capsys.readouterr().out
     for part in ("bytes, two kernels", "bytes, fused", "speed-up"):
         assert f"✅ Exercise 2.3 ({part}): correct." in out
-    with pytest.raises(NotImplementedError):
-        ch02.fusion(..., ..., ...)
-    with pytest.raises(NotImplementedError):
-        ch02.fusion(unfused, fused, ...)
+    ch02.fusion(..., ..., ...)
+    _assert_not_attempted(capsys)
+    ch02.fusion(unfused, fused, ...)
+    _assert_not_attempted(capsys)
     with pytest.raises(AssertionError, match="intermediate"):
         ch02.fusion(4 * n * BF16, fused, 4 / 3)
     with pytest.raises(AssertionError, match="reads both gate and up"):
@@ -98,8 +106,8 @@ def test_rms_norm_floor(capsys):
     assert memory_us > 100 * compute_us                # memory-bound by far
     ch02.rms_norm_floor(memory_us)
     assert "✅ Exercise 2.4: correct." in capsys.readouterr().out
-    with pytest.raises(NotImplementedError):
-        ch02.rms_norm_floor(...)
+    ch02.rms_norm_floor(...)
+    _assert_not_attempted(capsys)
     with pytest.raises(AssertionError, match="compute time"):
         ch02.rms_norm_floor(compute_us)
     with pytest.raises(AssertionError, match="only the read"):

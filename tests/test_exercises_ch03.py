@@ -3,13 +3,21 @@
 The right answers are worked out here as a learner would, from the spec table and the shipped bench file.
 """
 
+import re
+
 import pytest
 
 from infer_lib import hardware, measure
-from infer_lib.exercises import ch03
+from infer_lib.exercises import NOT_ATTEMPTED, ch03
 
 H100 = hardware.SPECS["h100_sxm"]
 A100_80 = hardware.SPECS["a100_80gb"]
+
+
+def _assert_not_attempted(capsys, match=""):
+    """The check printed "not attempted yet" (for the part ``match`` names) and raised nothing."""
+    lines = [line for line in capsys.readouterr().out.splitlines() if NOT_ATTEMPTED in line]
+    assert lines and any(re.search(match, line) for line in lines), lines
 
 
 def _b_star(bytes_per_weight, peak_tflops=H100.bf16_TFLOPs):
@@ -49,8 +57,8 @@ def _measured_copy_GBps():
 def test_critical_batch_int8(capsys):
     ch03.critical_batch_int8(_b_star(1))
     assert "✅ Exercise 3.1: correct." in capsys.readouterr().out
-    with pytest.raises(NotImplementedError, match="replace the `...`"):
-        ch03.critical_batch_int8(...)
+    ch03.critical_batch_int8(...)
+    _assert_not_attempted(capsys, "replace the `...`")
     with pytest.raises(AssertionError, match="twice the answer: 2 bytes per weight"):
         ch03.critical_batch_int8(_b_star(2))
     with pytest.raises(AssertionError, match="four times the answer"):
@@ -74,10 +82,10 @@ def test_llama_up_proj_bound(capsys):
     ch03.llama_up_proj_bound(at_64, at_1024)
     out = capsys.readouterr().out
     assert "✅ Exercise 3.2 (B = 64): correct." in out and "✅ Exercise 3.2 (B = 1024): correct." in out
-    with pytest.raises(NotImplementedError):
-        ch03.llama_up_proj_bound(..., ...)
-    with pytest.raises(NotImplementedError, match=r"B = 1024"):
-        ch03.llama_up_proj_bound("memory", ...)
+    ch03.llama_up_proj_bound(..., ...)
+    _assert_not_attempted(capsys)
+    ch03.llama_up_proj_bound("memory", ...)
+    _assert_not_attempted(capsys, r"B = 1024")
     with pytest.raises(AssertionError, match=r"B = 64.*63 FLOP per byte.*balance of 153"):
         ch03.llama_up_proj_bound("compute", "compute")
     with pytest.raises(AssertionError, match=r"B = 1024.*762 FLOP per byte"):
@@ -94,8 +102,8 @@ def test_tile_traffic(capsys):
     out = capsys.readouterr().out
     assert "✅ Exercise 3.3 (tiled kernel): correct." in out and "✅ Exercise 3.3 (saved): correct." in out
     assert "256 times less traffic" in out
-    with pytest.raises(NotImplementedError):
-        ch03.tile_traffic(..., ...)
+    ch03.tile_traffic(..., ...)
+    _assert_not_attempted(capsys)
     with pytest.raises(AssertionError, match="counts only the slabs of a"):
         ch03.tile_traffic(_tile_GB(only_a=True), naive - tiled)
     with pytest.raises(AssertionError, match="the minimum, every element read once"):
@@ -114,10 +122,10 @@ def test_time_floor(capsys):
     ch03.time_floor(datasheet, measured)
     out = capsys.readouterr().out
     assert "✅ Exercise 3.4 (datasheet): correct." in out and "✅ Exercise 3.4 (measured ceilings): correct." in out
-    with pytest.raises(NotImplementedError):
-        ch03.time_floor(..., ...)
-    with pytest.raises(NotImplementedError, match="measured ceilings"):
-        ch03.time_floor(datasheet, ...)
+    ch03.time_floor(..., ...)
+    _assert_not_attempted(capsys)
+    ch03.time_floor(datasheet, ...)
+    _assert_not_attempted(capsys, "measured ceilings")
     compute_us = 2 * ch03.LLAMA_D * ch03.LLAMA_FF / (H100.bf16_TFLOPs * 1e12) * 1e6
     with pytest.raises(AssertionError, match="that is the compute time"):
         ch03.time_floor(compute_us, measured)

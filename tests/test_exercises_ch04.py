@@ -5,14 +5,22 @@ The right answers are worked out here as a learner would, by hand from the given
 
 import math
 
+import re
+
 import pytest
 
-from infer_lib.exercises import ch04
+from infer_lib.exercises import NOT_ATTEMPTED, ch04
 
 BF16_BYTES = 2
 
 
 # --- 4.1 -------------------------------------------------------------------------------
+
+def _assert_not_attempted(capsys, match=""):
+    """The check printed "not attempted yet" (for the part ``match`` names) and raised nothing."""
+    lines = [line for line in capsys.readouterr().out.splitlines() if NOT_ATTEMPTED in line]
+    assert lines and any(re.search(match, line) for line in lines), lines
+
 
 def _score_GB(passes=6, heads=None):
     sh = ch04.NAIVE_SHAPE
@@ -31,10 +39,10 @@ def test_naive_score_traffic(capsys):
     assert "✅ Exercise 4.1 (score-matrix traffic): correct." in out
     assert "✅ Exercise 4.1 (ratio to FlashAttention): correct." in out
     assert math.isclose(_score_GB() / _flash_GB(), 1.5 * ch04.NAIVE_SHAPE["S"] / ch04.NAIVE_SHAPE["D"])
-    with pytest.raises(NotImplementedError, match="replace the `...`"):
-        ch04.naive_score_traffic(..., ...)
-    with pytest.raises(NotImplementedError, match="ratio"):
-        ch04.naive_score_traffic(_score_GB(), ...)
+    ch04.naive_score_traffic(..., ...)
+    _assert_not_attempted(capsys, "replace the `...`")
+    ch04.naive_score_traffic(_score_GB(), ...)
+    _assert_not_attempted(capsys, "ratio")
     with pytest.raises(AssertionError, match="4 passes"):
         ch04.naive_score_traffic(_score_GB(4), 1)
     with pytest.raises(AssertionError, match="5 passes"):
@@ -60,8 +68,8 @@ def test_online_update(capsys):
     ch04.online_update(m_new, l_new)
     out = capsys.readouterr().out
     assert "✅ Exercise 4.2 (m_new): correct." in out and "✅ Exercise 4.2 (l_new): correct." in out
-    with pytest.raises(NotImplementedError):
-        ch04.online_update(..., ...)
+    ch04.online_update(..., ...)
+    _assert_not_attempted(capsys)
     with pytest.raises(AssertionError, match="old maximum"):
         ch04.online_update(m, l_new)
     with pytest.raises(AssertionError, match=r"multiply it by exp\(m_old − m_new\)"):
@@ -99,10 +107,10 @@ def test_causal_tiles(capsys):
     ch04.causal_tiles(skipped, masked)
     out = capsys.readouterr().out
     assert "✅ Exercise 4.3 (skipped): correct." in out and "✅ Exercise 4.3 (masked): correct." in out
-    with pytest.raises(NotImplementedError):
-        ch04.causal_tiles(..., ...)
-    with pytest.raises(NotImplementedError):
-        ch04.causal_tiles(skipped, ...)
+    ch04.causal_tiles(..., ...)
+    _assert_not_attempted(capsys)
+    ch04.causal_tiles(skipped, ...)
+    _assert_not_attempted(capsys)
     top_left_skipped, _ = _tiles(align_bottom_right=False)
     with pytest.raises(AssertionError, match="top-left"):
         ch04.causal_tiles(top_left_skipped, masked)
@@ -131,8 +139,8 @@ def test_flash_kv_reads(capsys):
     out = capsys.readouterr().out
     assert "✅ Exercise 4.4 (per query tile): correct." in out and "✅ Exercise 4.4 (all programs): correct." in out
     assert f"{(f['S'] // f['BLOCK_M']) * f['H'] // f['H_kv']}×" in out
-    with pytest.raises(NotImplementedError):
-        ch04.flash_kv_reads(..., ...)
+    ch04.flash_kv_reads(..., ...)
+    _assert_not_attempted(capsys)
     with pytest.raises(AssertionError, match="K alone"):
         ch04.flash_kv_reads(per_tile / 2 / 1e6, 1)
     with pytest.raises(AssertionError, match="once per query \\*tile\\*"):

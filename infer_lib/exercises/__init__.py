@@ -1,27 +1,38 @@
 """Exercises with automatic checks, the same mechanism in every chapter.
 
-The convention (CONTRIBUTING.md, "Exercises", says it too):
+The convention (CONTRIBUTING.md, "Exercises", says it too; ``tools/notebooks.py check``
+enforces it):
 
 1. A markdown cell states the exercise: ``**Exercise 1.2** — ...``.
-2. The reader's cell, tagged ``exercise``, ``raises-exception`` and
-   ``remove-output``: the answer is ``...`` (Ellipsis) or a function whose body
-   raises ``NotImplementedError``, followed by the chapter's check, e.g.
-   ``ch01.gpus_for_weights(answer)``. Until it is filled in, the check raises
-   ``NotImplementedError`` — which nbval and the book build expect, thanks to
-   the ``raises-exception`` tag; the website hides that traceback.
-3. The solution cell, tagged ``solution`` and ``hide-input``: the worked
-   answer and the *same* check. The website folds it behind a "show" toggle;
-   ``make student`` removes it for the student edition; CI runs it and the
+2. The reader's cell, tagged ``exercise`` (and ``coding`` when the reader writes a
+   function): the answer is ``...`` (Ellipsis), or a function whose body raises
+   ``NotImplementedError``, followed by the chapter's check, e.g.
+   ``ch01.gpus_for_weights(answer)``. **An unattempted exercise never raises**:
+   the check prints ``⏳ Exercise 1.2 — not attempted yet: ...`` and returns, so
+   "Run all" in Jupyter or Colab goes on past it, and that line is what the
+   website shows as the cell's output. No ``raises-exception`` or ``remove-output`` tag.
+3. The solution cell right after it, tagged ``solution`` and ``hide-cell``, its
+   first line ``#@title Solution (double-click to show)`` and its metadata
+   ``"cellView": "form"`` (``make sync`` writes the last three): the worked answer
+   and the *same* check. The website folds input and output under one toggle,
+   Colab shows a collapsed form, ``make student`` removes it; CI runs it and the
    check must pass.
 
 The checks of each chapter live in ``infer_lib/exercises/chNN.py``: they
 compute the expected answer from the spec table or a measurement file, so the
 reader's cell does not give the answer away and no number is typed twice.
-They are built from the generic checks of this module.
+They are built from the generic checks of this module, which
 
-Checks never just say "wrong": they compare with the expected value, recognise
-the usual slips (a factor of 2, 8, 1000 or 1024; an answer that is not rounded
-up) and say what to look at.
+* print ``✅ <name>: correct. ...`` and return ``True`` for a right answer;
+* print the "not attempted yet" line and return ``False`` while the answer is
+  ``...`` (or ``None``), or the function is ``...`` or still raises
+  ``NotImplementedError``. A check of several parts prints one line per part
+  and checks the parts that are filled in;
+* raise for a wrong answer (``AssertionError``; ``TypeError``/``ValueError`` for
+  an answer of the wrong kind), so the slip is loud. Checks never just say
+  "wrong": they compare with the expected value, recognise the usual slips (a
+  factor of 2, 8, 1000 or 1024; an answer that is not rounded up) and say what
+  to look at.
 """
 
 from __future__ import annotations
@@ -34,12 +45,14 @@ import torch
 from ..device import dtype_name
 
 
-class ExerciseNotDone(NotImplementedError):
-    """Raised by a check when the reader has not filled in the answer yet."""
+#: What every check prints, and nothing else does, while an exercise is not attempted.
+NOT_ATTEMPTED = "not attempted yet"
 
 
-def _not_done(name: str) -> ExerciseNotDone:
-    return ExerciseNotDone(f"{name}: replace the `...` with your answer, then run the cell again.")
+def _not_attempted(name: str, what: str = "replace the `...` with your answer") -> bool:
+    """Say that the exercise is still open and return False; never raise (see the module docstring)."""
+    print(f"⏳ {name} — {NOT_ATTEMPTED}: {what} and run this cell again.")
+    return False
 
 
 # Common slips, as ratios answer / expected, with what to look at.
@@ -75,7 +88,7 @@ def check_number(answer, expected: float, *, name: str, unit: str = "", rel: flo
     """
     __tracebackhide__ = True  # IPython and pytest show the reader's cell, not this frame
     if answer is ... or answer is None:
-        raise _not_done(name)
+        return _not_attempted(name)
     if isinstance(answer, torch.Tensor):
         answer = answer.item()
     if isinstance(answer, bool) or not isinstance(answer, (int, float)):
@@ -111,7 +124,7 @@ def check_choice(answer, expected, *, name: str, options: Sequence, why: dict | 
     """Check a multiple-choice answer; ``why`` maps each wrong option to the reason it is wrong."""
     __tracebackhide__ = True
     if answer is ... or answer is None:
-        raise _not_done(name)
+        return _not_attempted(name)
     if answer not in options:
         raise ValueError(f"{name}: {answer!r} is not one of the options {list(options)}")
     if answer == expected:
@@ -124,16 +137,22 @@ def check_function(fn: Callable, reference: Callable, cases: Sequence[tuple], *,
                    atol: float = 1e-6, rtol: float = 1e-5, explain: str = "") -> bool:
     """Check a function the reader wrote against ``reference`` on each tuple of arguments in ``cases``.
 
-    A function that still raises ``NotImplementedError`` counts as not done yet.
+    ``fn`` still ``...``, or a function that still raises ``NotImplementedError``, counts as not
+    attempted yet (a line is printed, nothing raised); any other exception of ``fn`` propagates.
     """
     __tracebackhide__ = True
+    stub = "write the function (its body still raises NotImplementedError)"
+    if fn is ... or fn is None:
+        return _not_attempted(name, stub)
     for args in cases:
         try:
             got = fn(*args)
-        except NotImplementedError as err:
-            raise _not_done(name) from err
+        except NotImplementedError:
+            return _not_attempted(name, stub)
         want = reference(*args)
         shown = ", ".join(_short(a) for a in args)
+        if got is None and want is not None:
+            raise AssertionError(f"{name}({shown}) returned None: does the function end with `return`?")
         if isinstance(want, torch.Tensor):
             if not isinstance(got, torch.Tensor):
                 raise AssertionError(f"{name}({shown}): expected a tensor, got {type(got).__name__}")
