@@ -19,6 +19,14 @@ and the best throughput it can reach is the **attainable FLOP/s**
 **machine balance** ``I* = P / β``, the ridge point. An operation with
 ``I < I*`` is memory-bound: more FLOP/s would not help, fewer bytes would.
 
+**Two compute roofs.** ``P`` depends on which units do the arithmetic. Matrix
+products run on the **tensor cores**: ``ceilings(spec, torch.bfloat16)``, a
+ridge of a few hundred FLOP/byte on recent GPUs. Elementwise operations and
+reductions run on the **CUDA cores** (plain FP32 units; ``exp``, ``erf`` and
+friends on the special-function units, slower still), whatever the storage
+dtype: ``cuda_core_ceilings(spec)``, a ridge of about 10 to 100 FLOP/byte.
+``plot_rooflines`` draws both; ``bound(..., cuda_cores=True)`` uses the second.
+
 Counts used here (``s`` = bytes per element):
 
 * elementwise on ``n`` elements: ``F = f · n`` for ``f`` FLOPs per element,
@@ -213,6 +221,23 @@ def ceilings(spec: hardware.GPUSpec, dtype: torch.dtype | str = torch.bfloat16) 
     return peak * 1e12, spec.bandwidth_GBps * 1e9
 
 
+def cuda_core_ceilings(spec: hardware.GPUSpec) -> tuple[float, float]:
+    """Datasheet ``(peak FLOP/s, bandwidth B/s)`` of ``spec``'s **CUDA cores**: the plain
+    (non-tensor) FP32 peak and the HBM bandwidth. This is the roof of elementwise operations
+    and reductions, which do not run on tensor cores whatever dtype they store (PyTorch computes
+    bf16 elementwise math in FP32); transcendental functions (``exp``, ``erf``) run on the
+    special-function units, slower still, so the real compute roof of an exp-heavy op is lower.
+    Same as ``ceilings(spec, torch.float32)``."""
+    return ceilings(spec, torch.float32)
+
+
+def cuda_core_balance(spec: hardware.GPUSpec) -> float:
+    """FP32 CUDA-core peak FLOP/s ÷ bandwidth in FLOP/byte: the ridge under which elementwise
+    operations and reductions are memory-bound (≈ 20 on an H100 SXM, 14 on an H200, 101 on an L4)."""
+    peak, bw = cuda_core_ceilings(spec)
+    return peak / bw
+
+
 def machine_balance(spec: hardware.GPUSpec, dtype: torch.dtype | str = torch.bfloat16) -> float:
     """Peak FLOP/s ÷ bandwidth in FLOP/byte: the intensity at the ridge of ``spec``'s roofline."""
     peak, bw = ceilings(spec, dtype)
@@ -234,12 +259,16 @@ def critical_batch_size(spec: hardware.GPUSpec, dtype: torch.dtype | str = torch
     return critical_batch_size_from(peak, bw, bytes_per_element(dtype))
 
 
-def bound(op: Op, spec: hardware.GPUSpec, dtype: torch.dtype | str = torch.bfloat16) -> str:
+def bound(op: Op, spec: hardware.GPUSpec, dtype: torch.dtype | str = torch.bfloat16, *,
+          cuda_cores: bool = False) -> str:
     """``"memory"`` if ``op``'s intensity is below ``spec``'s machine balance for
-    ``dtype``, else ``"compute"`` (exactly at the ridge both are; we say compute)."""
+    ``dtype`` (tensor cores), or with ``cuda_cores=True`` below the CUDA-core balance
+    (``cuda_core_balance``: elementwise ops, reductions; ``dtype`` is then ignored), else
+    ``"compute"`` (exactly at the ridge both are; we say compute)."""
     if not isinstance(op, Op):
         raise TypeError(f"op must be a roofline.Op (e.g. roofline.matmul(...)), got {type(op).__name__}")
-    return "compute" if op.intensity >= machine_balance(spec, dtype) else "memory"
+    balance = cuda_core_balance(spec) if cuda_cores else machine_balance(spec, dtype)
+    return "compute" if op.intensity >= balance else "memory"
 
 
 # ----------------------------------------------------------------------------
@@ -259,11 +288,12 @@ def figure(title: str = "Roofline", **kw):
 
 def plot_roofline(ax, peak_flops: float, bandwidth: float, *, label: str, source: plotting.Source,
                   color=None, intensity_range: tuple[float, float] = (2**-4, 2**12),
-                  annotate_ridge: bool = True):
+                  annotate_ridge: bool = True, linestyle: str | None = None):
     """Draw the roofline ``min(peak_flops, I · bandwidth)`` (FLOP/s and B/s in,
     TFLOP/s on the axis) over ``intensity_range`` FLOP/byte, on log-log axes,
     and mark the ridge point. ``source`` says where the ceilings come from
     (``plotting.datasheet(...)`` or, for measured ones, ``plotting.live()``).
+    ``linestyle`` overrides the source's (``plot_rooflines`` dashes the CUDA-core roof).
     Returns the line."""
     peak_flops, bandwidth = _positive("peak_flops", peak_flops), _positive("bandwidth", bandwidth)
     lo, hi = (_positive("intensity_range[0]", intensity_range[0]),
@@ -275,7 +305,8 @@ def plot_roofline(ax, peak_flops: float, bandwidth: float, *, label: str, source
     if lo < ridge < hi:
         xs = np.sort(np.append(xs, ridge))  # the corner exactly
     ys = attainable_flops(xs, peak_flops, bandwidth) / 1e12
-    (line,) = plotting.series(ax, xs, ys, label=label, source=source, color=color, marker=None)
+    style = {} if linestyle is None else {"linestyle": linestyle}
+    (line,) = plotting.series(ax, xs, ys, label=label, source=source, color=color, marker=None, **style)
     if annotate_ridge and lo < ridge < hi:
         ax.plot([ridge], [peak_flops / 1e12], marker="o", markersize=3, color=line.get_color())
         ax.annotate(f"{ridge:.0f} FLOP/B", (ridge, peak_flops / 1e12), textcoords="offset points",
@@ -287,6 +318,24 @@ def plot_roofline(ax, peak_flops: float, bandwidth: float, *, label: str, source
     if not ax.get_ylabel():
         ax.set_ylabel(YLABEL)
     return line
+
+
+def plot_rooflines(ax, spec: hardware.GPUSpec, dtype: torch.dtype | str = torch.bfloat16, *,
+                   source: plotting.Source | None = None, color=None,
+                   intensity_range: tuple[float, float] = (2**-4, 2**12), label: str | None = None):
+    """Draw ``spec``'s two datasheet roofs on one plot: the tensor-core roof for ``dtype``
+    (matmuls live under it; solid) and the FP32 CUDA-core roof (elementwise ops and reductions
+    live under it; dashed), sharing the memory slope. Both in ``color``; legend entries
+    "<label>, <dtype> tensor cores" and "<label>, FP32 CUDA cores" (``label`` defaults to
+    ``spec.name``). Returns ``(tensor_core_line, cuda_core_line)``."""
+    source = plotting.datasheet() if source is None else source
+    name = spec.name if label is None else label
+    dt = device.dtype_name(dtype) if isinstance(dtype, torch.dtype) else str(dtype)
+    tensor = plot_roofline(ax, *ceilings(spec, dtype), label=f"{name}, {dt} tensor cores", source=source,
+                           color=color, intensity_range=intensity_range)
+    cuda = plot_roofline(ax, *cuda_core_ceilings(spec), label=f"{name}, FP32 CUDA cores", source=source,
+                         color=tensor.get_color(), intensity_range=intensity_range, linestyle="--")
+    return tensor, cuda
 
 
 def place(ax, op: Op, time_s: float, *, label: str, source: plotting.Source | None = None,
@@ -308,5 +357,5 @@ def place(ax, op: Op, time_s: float, *, label: str, source: plotting.Source | No
 
 
 __all__ = ["Op", "bytes_per_element", "elementwise", "reduction", "matmul", "roofline_time",
-           "attainable_flops", "ceilings", "machine_balance", "critical_batch_size",
-           "critical_batch_size_from", "bound", "figure", "plot_roofline", "place"]
+           "attainable_flops", "ceilings", "cuda_core_ceilings", "cuda_core_balance", "machine_balance", "critical_batch_size",
+           "critical_batch_size_from", "bound", "figure", "plot_roofline", "plot_rooflines", "place"]

@@ -259,3 +259,54 @@ def test_place_refuses_what_a_log_plot_cannot_show():
     import matplotlib.pyplot as plt
 
     plt.close(fig)
+
+
+# ----------------------------------------------------------------------------
+# The CUDA-core roof: elementwise ops and reductions
+# ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("key, fp32_tflops, gbps", [
+    ("h100_sxm", 67.0, 3350.0),   # ≈ 20 FLOP/byte
+    ("h200", 67.0, 4800.0),       # ≈ 14
+    ("l4", 30.3, 300.0),          # ≈ 101
+])
+def test_cuda_core_ceilings_are_the_plain_fp32_peak(key, fp32_tflops, gbps):
+    spec = SPECS[key]
+    assert roofline.cuda_core_ceilings(spec) == (fp32_tflops * 1e12, gbps * 1e9)
+    assert roofline.cuda_core_balance(spec) == pytest.approx(fp32_tflops * 1e3 / gbps)
+
+
+def test_cuda_core_ridge_is_far_below_the_tensor_core_ridge():
+    for spec in SPECS.values():
+        assert 5 < roofline.cuda_core_balance(spec) < 150
+        assert roofline.cuda_core_balance(spec) < roofline.machine_balance(spec, torch.float16) / 3
+
+
+def test_bound_on_the_cuda_cores():
+    h100 = SPECS["h100_sxm"]
+    # 40 FLOPs per bf16 element read and written: 10 FLOP/byte, memory-bound on either roof of an H100
+    op = roofline.elementwise(1000, torch.bfloat16, flops_per_element=40)
+    assert roofline.bound(op, h100, cuda_cores=True) == "memory"
+    # 200 FLOPs per element: 50 FLOP/byte, above the CUDA-core ridge (20) but below the tensor-core one (295)
+    heavy = roofline.elementwise(1000, torch.bfloat16, flops_per_element=200)
+    assert roofline.bound(heavy, h100, cuda_cores=True) == "compute"
+    assert roofline.bound(heavy, h100, torch.bfloat16) == "memory"
+    assert roofline.bound(heavy, h100) == "memory"   # the default is still the tensor-core roof
+
+
+def test_plot_rooflines_draws_both_roofs():
+    fig, ax = roofline.figure("H100: two roofs")
+    h100 = SPECS["h100_sxm"]
+    tensor, cuda = roofline.plot_rooflines(ax, h100, torch.bfloat16, color="C0")
+    assert max(tensor.get_data()[1]) == pytest.approx(989.5)
+    assert max(cuda.get_data()[1]) == pytest.approx(67.0)
+    assert cuda.get_linestyle() == "--" and tensor.get_linestyle() != "--"
+    assert cuda.get_color() == tensor.get_color()
+    xs, ys = cuda.get_data()   # the same memory slope below both ridges
+    assert ys[0] == pytest.approx(xs[0] * 3350e9 / 1e12)
+    assert tensor.get_label().startswith("H100 SXM5 80GB, bfloat16 tensor cores")
+    assert cuda.get_label().startswith("H100 SXM5 80GB, FP32 CUDA cores")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
