@@ -11,6 +11,11 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 JOBS   ?= 2
+# MathJax for the website, served from its own _static/mathjax/ (no CDN): the npm
+# package pinned in tools/mathjax/package-lock.json, its es5/ folder staged in
+# tools/mathjax/static/ (_config.yml: html_static_path, mathjax_path).
+MATHJAX       := tools/mathjax
+MATHJAX_STAMP := $(MATHJAX)/static/mathjax/tex-mml-chtml.js
 
 # Jupyter kernels started by nbval and the book must find the venv's python.
 export PATH := $(abspath $(BIN)):$(PATH)
@@ -31,8 +36,16 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -n $(JOBS) --dist loadfile --nbval-lax --nbval-current-env \
 		--nbval-cell-timeout=900 tests chapters
 
-book: $(STAMP)
+book: $(STAMP) $(MATHJAX_STAMP)
 	$(BIN)/jupyter-book build . --warningiserror --nitpick --keep-going
+
+$(MATHJAX_STAMP): $(MATHJAX)/package.json $(MATHJAX)/package-lock.json
+	@command -v npm >/dev/null || { echo "make book needs npm (Debian: apt-get install -y npm) for MathJax"; exit 1; }
+	cd $(MATHJAX) && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
+	rm -rf $(MATHJAX)/static
+	mkdir -p $(MATHJAX)/static
+	cp -R $(MATHJAX)/node_modules/mathjax/es5 $(MATHJAX)/static/mathjax
+	touch $@
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab chapters
@@ -53,4 +66,4 @@ wheels:
 		nbval nbclient ipykernel ipywidgets nbformat
 
 clean:
-	rm -rf _build student .pytest_cache
+	rm -rf _build student .pytest_cache $(MATHJAX)/node_modules $(MATHJAX)/static
