@@ -1,0 +1,28 @@
+"""A small Llama-style decoder in plain PyTorch, written to be read and forked.
+
+One file per part: ``config`` (``ModelConfig`` and presets of public models),
+``layers`` (RMSNorm, RoPE, attention with selectable backends, SwiGLU MLP,
+``Transformer``), ``kv_cache`` (``KVCache``), ``generate`` (prefill, decode,
+sampling) and ``checkpoint`` (Hugging Face Llama checkpoints in safetensors).
+
+    >>> import torch
+    >>> from infer_lib.model import ModelConfig, Transformer, generate
+    >>> model = Transformer(ModelConfig.from_preset("tiny")).eval()
+    >>> tokens = torch.tensor([[1, 2, 3]])
+    >>> generate(model, tokens, max_new_tokens=4).shape      # prompt + 4 new tokens
+    torch.Size([1, 7])
+"""
+
+from .checkpoint import config_from_hf, config_to_hf, from_pretrained, save_pretrained
+from .config import (LLAMA_2_7B, LLAMA_3_2_1B, LLAMA_3_8B, LLAMA_3_70B, PRESETS, SMOLLM2_135M, TINY,
+                     TINY_MHA, TINY_MQA, ModelConfig, RopeScaling)
+from .generate import decode_one_token, generate, prefill, sample
+from .kv_cache import KVCache
+from .layers import BACKENDS, Transformer
+
+__all__ = [
+    "BACKENDS", "KVCache", "LLAMA_2_7B", "LLAMA_3_2_1B", "LLAMA_3_70B", "LLAMA_3_8B", "ModelConfig",
+    "PRESETS", "RopeScaling", "SMOLLM2_135M", "TINY", "TINY_MHA", "TINY_MQA", "Transformer",
+    "config_from_hf", "config_to_hf", "decode_one_token", "from_pretrained", "generate", "prefill",
+    "sample", "save_pretrained",
+]
