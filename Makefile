@@ -1,6 +1,8 @@
 # The course's commands. Each sets up .venv from the pinned requirements first.
 #   make test   — unit tests + every chapter under nbval (CPU: Triton interpreter)
 #   make book   — the website in _build/html (executes every chapter, warnings are errors)
+#   make check-site — after make book: every page of _build/html in headless Chromium
+#                 (formulas typeset, figures, folded solutions, links; tools/check_site.py)
 #   make lab    — JupyterLab on the chapters
 #   make sync   — refresh the generated cells of the chapters, strip outputs
 #   make student — the student edition (solutions removed) in student/
@@ -16,11 +18,12 @@ JOBS   ?= 2
 # tools/mathjax/static/ (_config.yml: html_static_path, mathjax_path).
 MATHJAX       := tools/mathjax
 MATHJAX_STAMP := $(MATHJAX)/static/mathjax/tex-mml-chtml.js
+CHECK_SITE_FLAGS ?=
 
 # Jupyter kernels started by nbval and the book must find the venv's python.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup test book lab sync check student wheels clean
+.PHONY: setup test book check-site lab sync check student wheels clean
 
 setup: $(STAMP)
 
@@ -46,6 +49,10 @@ $(MATHJAX_STAMP): $(MATHJAX)/package.json $(MATHJAX)/package-lock.json
 	mkdir -p $(MATHJAX)/static
 	cp -R $(MATHJAX)/node_modules/mathjax/es5 $(MATHJAX)/static/mathjax
 	touch $@
+
+# Checks the built site in headless Chromium (Debian's chromium); run it after make book.
+check-site: $(STAMP)
+	$(BIN)/python tools/check_site.py _build/html $(CHECK_SITE_FLAGS)
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab chapters
