@@ -8,6 +8,7 @@ import math
 import re
 
 import pytest
+import torch
 
 from infer_lib.exercises import NOT_ATTEMPTED, ch04
 
@@ -20,6 +21,18 @@ def _assert_not_attempted(capsys, match=""):
     """The check printed "not attempted yet" (for the part ``match`` names) and raised nothing."""
     lines = [line for line in capsys.readouterr().out.splitlines() if NOT_ATTEMPTED in line]
     assert lines and any(re.search(match, line) for line in lines), lines
+
+
+def _hint(check, *answers, match):
+    """The message of the AssertionError a wrong answer raises, checked against ``match``."""
+    with pytest.raises(AssertionError, match=match) as err:
+        check(*answers)
+    return str(err.value)
+
+
+def _gives_away(message, *values):
+    """Does ``message`` state one of ``values``, as a reader would print it (3 significant digits)?"""
+    return any(f"{v:.3g}" in message or f"{v:g}" in message for v in values)
 
 
 def _score_GB(passes=6, heads=None):
@@ -43,20 +56,22 @@ def test_naive_score_traffic(capsys):
     _assert_not_attempted(capsys, "replace the `...`")
     ch04.naive_score_traffic(_score_GB(), ...)
     _assert_not_attempted(capsys, "ratio")
-    with pytest.raises(AssertionError, match="4 passes"):
-        ch04.naive_score_traffic(_score_GB(4), 1)
-    with pytest.raises(AssertionError, match="5 passes"):
-        ch04.naive_score_traffic(_score_GB(5), 1)
-    with pytest.raises(AssertionError, match="each kernel once"):
-        ch04.naive_score_traffic(_score_GB(3), 1)
-    with pytest.raises(AssertionError, match="one head"):
-        ch04.naive_score_traffic(_score_GB(heads=1), 1)
-    with pytest.raises(AssertionError, match="GiB"):
-        ch04.naive_score_traffic(_score_GB() * 1e9 / 2**30, 1)
-    with pytest.raises(AssertionError, match="also writes the output"):
-        ch04.naive_score_traffic(_score_GB(), _score_GB() / _flash_GB(3))
-    with pytest.raises(AssertionError, match="upside down"):
-        ch04.naive_score_traffic(_score_GB(), _flash_GB() / _score_GB())
+    ch04.naive_score_traffic(round(_score_GB(), 2), round(_score_GB() / _flash_GB()))   # rounded: right
+    assert capsys.readouterr().out.count("✅") == 2
+    right = (_score_GB(), _score_GB() / _flash_GB())
+    hints = [
+        _hint(ch04.naive_score_traffic, _score_GB(4), 1, match="4 passes"),
+        _hint(ch04.naive_score_traffic, _score_GB(5), 1, match="5 passes"),
+        _hint(ch04.naive_score_traffic, _score_GB(3), 1, match="each kernel once"),
+        _hint(ch04.naive_score_traffic, _score_GB(heads=1), 1, match="one head"),
+        _hint(ch04.naive_score_traffic, _score_GB() * 1e9 / 2**30, 1, match="GiB"),
+        _hint(ch04.naive_score_traffic, _score_GB(7), 1, match=r"too large \(the tolerance is ±2%\)"),
+        _hint(ch04.naive_score_traffic, _score_GB(), _score_GB() / _flash_GB(3), match="also writes"),
+        _hint(ch04.naive_score_traffic, _score_GB(), _flash_GB() / _score_GB(), match="upside down"),
+        _hint(ch04.naive_score_traffic, _score_GB(), 0.7 * right[1], match="too small"),
+    ]
+    for hint in hints:
+        assert not _gives_away(hint, *right) and "6 passes" not in hint, hint
 
 
 # --- 4.2 -------------------------------------------------------------------------------
@@ -70,16 +85,23 @@ def test_online_update(capsys):
     assert "✅ Exercise 4.2 (m_new): correct." in out and "✅ Exercise 4.2 (l_new): correct." in out
     ch04.online_update(..., ...)
     _assert_not_attempted(capsys)
-    with pytest.raises(AssertionError, match="old maximum"):
-        ch04.online_update(m, l_new)
-    with pytest.raises(AssertionError, match=r"multiply it by exp\(m_old − m_new\)"):
-        ch04.online_update(m_new, l + sum(math.exp(x - m_new) for x in block))
-    with pytest.raises(AssertionError, match="upside down"):
-        ch04.online_update(m_new, l * math.exp(m_new - m) + sum(math.exp(x - m_new) for x in block))
-    with pytest.raises(AssertionError, match="keeps the old maximum"):
-        ch04.online_update(m_new, l + sum(math.exp(x - m) for x in block))
-    with pytest.raises(AssertionError, match="drops the scores seen before"):
-        ch04.online_update(m_new, sum(math.exp(x - m_new) for x in block))
+    # The solution's hand computation, exponentials rounded to 3 decimals, is right (±1%).
+    ch04.online_update(m_new, round(l * round(math.exp(m - m_new), 3)
+                                    + sum(round(math.exp(x - m_new), 3) for x in block), 3))
+    assert capsys.readouterr().out.count("✅") == 2
+    hints = [
+        _hint(ch04.online_update, m, l_new, match="old maximum"),
+        _hint(ch04.online_update, m_new, l + sum(math.exp(x - m_new) for x in block),
+              match=r"multiply it by exp\(m_old − m_new\)"),
+        _hint(ch04.online_update, m_new, l * math.exp(m_new - m) + sum(math.exp(x - m_new) for x in block),
+              match="upside down"),
+        _hint(ch04.online_update, m_new, l + sum(math.exp(x - m) for x in block), match="keeps the old maximum"),
+        _hint(ch04.online_update, m_new, sum(math.exp(x - m_new) for x in block),
+              match="drops the scores seen before"),
+        _hint(ch04.online_update, m_new, 1.05 * l_new, match=r"too large \(the tolerance is ±1%\)"),
+    ]
+    for hint in hints:
+        assert "±0%" not in hint and not _gives_away(hint, l_new) and "by a factor of" not in hint, hint
 
 
 # --- 4.3 -------------------------------------------------------------------------------
@@ -123,8 +145,8 @@ def test_causal_tiles(capsys):
         ch04.causal_tiles(skipped + 1, masked)
     with pytest.raises(AssertionError, match="need the element-wise mask"):
         ch04.causal_tiles(skipped, 0)
-    with pytest.raises(AssertionError, match="exactly one key tile"):
-        ch04.causal_tiles(skipped, 2 * masked)
+    hint = _hint(ch04.causal_tiles, skipped, 2 * masked, match="too many")
+    assert "one key tile" not in hint and "tile_map" not in hint
     with pytest.raises(ValueError, match="not one of the options"):
         ch04.causal_tiles(-1, masked)
 
@@ -149,12 +171,125 @@ def test_flash_kv_reads(capsys):
         ch04.flash_kv_reads(per_tile / 2**20, 1)
     with pytest.raises(AssertionError, match="shares the K/V \\*data\\*, not the programs"):
         ch04.flash_kv_reads(per_tile / 1e6, programs * per_tile * f["H_kv"] / f["H"] / 1e9)
-    with pytest.raises(AssertionError, match="query tiles per head"):
-        ch04.flash_kv_reads(per_tile / 1e6, f["B"] * f["H"] * per_tile / 1e9)
+    hint = _hint(ch04.flash_kv_reads, per_tile / 1e6, f["B"] * f["H"] * per_tile / 1e9,
+                 match="one program per head")
+    assert not _gives_away(hint, programs * per_tile / 1e9, f["S"] // f["BLOCK_M"]), hint
     with pytest.raises(AssertionError, match="HBM minimum"):
         ch04.flash_kv_reads(per_tile / 1e6, 2 * f["B"] * f["H_kv"] * f["S"] * f["D"] * BF16_BYTES / 1e9)
 
 
+# --- 4.5 (coding) ----------------------------------------------------------------------
+
+def _right_step(m, l, block):
+    """Written as the chapter teaches it: the new maximum, a shift of 0 for rows that have seen
+    only −inf, the old sum rescaled, the block's terms added."""
+    m_new = torch.maximum(m, block.max(dim=1).values)
+    shift = torch.where(torch.isinf(m_new), 0.0, m_new)
+    return m_new, l * torch.exp(m - shift) + torch.exp(block - shift[:, None]).sum(dim=1)
+
+
+def _row_by_row_step(m, l, block):
+    """Also right: plain Python floats, one row at a time, returned as tensors."""
+    out_m, out_l = [], []
+    for mi, li, row in zip(m.tolist(), l.tolist(), block.tolist()):
+        mn = max([mi] + row)
+        sh = 0.0 if mn == -math.inf else mn
+        out_m.append(mn)
+        out_l.append(li * math.exp(mi - sh) + sum(math.exp(x - sh) for x in row))
+    return torch.tensor(out_m), torch.tensor(out_l)
+
+
+def _no_rescale(m, l, block):
+    m_new, _ = _right_step(m, l, block)
+    shift = torch.where(torch.isinf(m_new), 0.0, m_new)
+    return m_new, l + torch.exp(block - shift[:, None]).sum(dim=1)
+
+
+def _upside_down(m, l, block):
+    m_new, _ = _right_step(m, l, block)
+    shift = torch.where(torch.isinf(m_new), 0.0, m_new)
+    m_old = torch.where(torch.isinf(m), shift, m)
+    return m_new, l * torch.exp(shift - m_old) + torch.exp(block - shift[:, None]).sum(dim=1)
+
+
+def _forgets_old_sum(m, l, block):
+    m_new, _ = _right_step(m, l, block)
+    shift = torch.where(torch.isinf(m_new), 0.0, m_new)
+    return m_new, torch.exp(block - shift[:, None]).sum(dim=1)
+
+
+def _no_guard(m, l, block):
+    m_new = torch.maximum(m, block.amax(dim=1))
+    return m_new, l * torch.exp(m - m_new) + torch.exp(block - m_new[:, None]).sum(dim=1)
+
+
+def _shifted_max_returned(m, l, block):
+    m_new, l_new = _right_step(m, l, block)
+    return torch.where(torch.isinf(m_new), 0.0, m_new), l_new
+
+
+def _in_place(m, l, block):
+    m_new, l_new = _right_step(m, l, block)
+    m.copy_(m_new)
+    return m_new, l_new
+
+
+def _stale_max(m, l, block):
+    shift = torch.where(torch.isinf(m), 0.0, m)
+    return m, l + torch.exp(block - shift[:, None]).sum(dim=1)
+
+
+def _block_only(m, l, block):
+    bm = block.amax(dim=1)
+    return bm, torch.exp(block - bm[:, None]).sum(dim=1)
+
+
+def _sums_wrong_dim(m, l, block):
+    m_new, l_new = _right_step(m, l, block)
+    return m_new, l_new.sum(dim=0, keepdim=True)
+
+
+def test_online_softmax_step(capsys):
+    for right in (ch04._online_softmax_step_ref, _right_step, _row_by_row_step):
+        assert ch04.online_softmax_step(right) is True
+        assert "✅ Exercise 4.5 (online_update): correct." in capsys.readouterr().out
+
+    def stub(m, l, block):
+        raise NotImplementedError
+
+    for unattempted in (stub, ...):
+        assert ch04.online_softmax_step(unattempted) is False
+        out = capsys.readouterr().out
+        assert NOT_ATTEMPTED in out and "✅" not in out
+    hints = [_hint(ch04.online_softmax_step, fn, match=match) for fn, match in (
+        (_no_rescale, "rescaled to the new one"),
+        (_upside_down, "upside down"),
+        (_forgets_old_sum, "forgets the scores seen before"),
+        (_stale_max, "maximum is not updated"),
+        (_block_only, "only look at the new block"),
+        (_no_guard, "NaN for a row that has seen only −inf"),
+        (_shifted_max_returned, "must keep m_new = −inf"),
+        (_in_place, "changed its inputs in place"),
+        (_sums_wrong_dim, "shape"),
+        (lambda m, l, block: None, "returned None"),
+        (lambda m, l, block: torch.stack(_right_step(m, l, block)), "pair of tensors"),
+    )]
+    for hint in hints:   # a kind of slip, never the code of the answer
+        assert not any(code in hint for code in ("torch.", "exp(m", "maximum(", "where(")), hint
+
+
+def test_online_softmax_step_ref_matches_softmax():
+    """The reference, applied block by block, gives torch.softmax's normaliser."""
+    torch.manual_seed(0)
+    x = 5 * torch.randn(6, 40)
+    x[:, :7] = float("-inf")                                 # leading masked keys
+    m, l = torch.full((6,), float("-inf")), torch.zeros(6)
+    for start in range(0, 40, 8):
+        m, l = ch04._online_softmax_step_ref(m, l, x[:, start:start + 8])
+    torch.testing.assert_close(torch.exp(x - m[:, None]) / l[:, None], torch.softmax(x, dim=1))
+
+
 def test_checks_hide_their_frames():
-    for check in (ch04.naive_score_traffic, ch04.online_update, ch04.causal_tiles, ch04.flash_kv_reads):
+    for check in (ch04.naive_score_traffic, ch04.online_update, ch04.causal_tiles, ch04.flash_kv_reads,
+                  ch04.online_softmax_step):
         assert "__tracebackhide__" in check.__code__.co_varnames, check.__name__

@@ -4,8 +4,11 @@ Each check computes its expected answer itself — from ``infer_lib.experiments.
 counts (the same ones the chapter uses) or from the exercise's given values below —
 so the reader's cell does not give it away. The only numbers typed here are the
 exercises' given inputs, named as in the exercise text. A check prints ✅ when the
-answer is right, raises ``NotImplementedError`` while it is still ``...``, and
-``AssertionError`` with a hint when it is wrong.
+answer is right, prints "not attempted yet" and returns while the answer is still
+``...`` (or the function still raises ``NotImplementedError``), and raises
+``AssertionError`` with a hint when it is wrong. A hint names the kind of slip; it
+never states the expected value, the quantities that give it, or a function that
+computes it.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import torch
 
 from .. import roofline
 from ..experiments import attention_sweep
-from . import check_choice, check_number
+from . import _not_attempted, check_choice, check_function, check_number
 
 # Exercise 4.1: naive attention, non-causal
 NAIVE_SHAPE = {"B": 1, "H": 32, "S": 4096, "D": 128}
@@ -33,6 +36,29 @@ TILES = {"S_q": 256, "S_k": 1024, "BLOCK_M": 64, "BLOCK_N": 64}
 # Exercise 4.4: FlashAttention with grouped-query attention, non-causal
 FLASH_SHAPE = {"B": 1, "H": 32, "H_kv": 8, "S": 8192, "D": 128, "BLOCK_M": 128}
 FLASH_DTYPE = torch.bfloat16
+
+# Tolerances of the numeric answers, relative: 2% for quantities worked out with rounded
+# intermediate values (GB, ratios), 1% for 4.2's hand computation with rounded exponentials.
+REL = 0.02
+REL_ONLINE = 0.01
+
+
+def _number(answer, expected, *, name, unit="", rel=REL, mistakes=(), explain=""):
+    """``check_number``, but a wrong answer that matches no known slip is told only whether it
+    is too large or too small: the generic message's ratio to the expected value would give the
+    answer away."""
+    __tracebackhide__ = True
+    try:
+        return check_number(answer, expected, name=name, unit=unit, rel=rel, mistakes=mistakes,
+                            explain=explain)
+    except AssertionError as err:
+        if "by a factor of" not in str(err) and "not within" not in str(err):
+            raise                               # a named slip: its hint stands
+        u = f" {unit}" if unit else ""
+        direction = "too large" if answer > expected else "too small"
+        raise AssertionError(
+            f"{name}: {answer:g}{u} is {direction} (the tolerance is ±{rel * 100:g}%). "
+            "Recheck each factor of your formula and its units.") from None
 
 
 # --- 4.1 ---------------------------------------------------------------------------------
@@ -51,21 +77,20 @@ def naive_score_traffic(score_GB, ratio) -> None:
     flash = attention_sweep.flash_bytes(sh["B"], sh["H"], sh["S"], sh["S"], sh["D"], NAIVE_DTYPE)
     # Every step's traffic minus q, k, v read once and the output written once: the scores' share.
     score = sum(op.bytes for op in steps) - flash
-    check_number(
+    _number(
         score_GB, score / 1e9, name="Exercise 4.1 (score-matrix traffic)", unit="GB",
-        mistakes=[(_score_bytes(4) / 1e9, "that counts 4 passes over the scores; count each step: QKᵀ "
-                                          "writes them, scale reads and writes, softmax reads and writes, "
-                                          "PV reads — 6 passes"),
-                  (_score_bytes(5) / 1e9, "that counts 5 passes; QKᵀ writes (1), scale reads and writes (2), "
-                                          "softmax reads and writes (2), PV reads (1)"),
+        mistakes=[(_score_bytes(4) / 1e9, "that counts 4 passes over the scores: a step that reads "
+                                          "the scores and writes them back moves the matrix twice"),
+                  (_score_bytes(5) / 1e9, "that counts 5 passes over the scores: one read or write is "
+                                          "missing; go through the steps of the exercise one by one"),
                   (_score_bytes(3) / 1e9, "that counts each kernel once; a kernel that reads the scores and "
                                           "writes them moves the matrix twice"),
-                  (score / sh["H"] / 1e9, f"that is one head; there are H = {sh['H']} of them"),
+                  (score / sh["H"] / 1e9, "that is one head: every head has its own score matrix"),
                   (score / 2**30, "that is GiB (2**30 bytes); the question asks for GB (1e9 bytes)")])
-    check_number(
+    _number(
         ratio, score / flash, name="Exercise 4.1 (ratio to FlashAttention)", unit="×",
-        mistakes=[(score / (flash * 3 / 4), "FlashAttention also writes the output: q, k, v read and o "
-                                            "written, 4 · B · H · S · D elements"),
+        mistakes=[(score / (flash * 3 / 4), "the fused kernel's traffic leaves out the output, which it "
+                                            "also writes once"),
                   (flash / score, "upside down: the score traffic divided by FlashAttention's traffic")],
         explain=f"The ratio is 6·S² / (4·S·D) = 1.5·S/D = {score / flash:g}: it grows with S, so the "
                 "longer the sequence, the more the score matrix dominates.")
@@ -77,13 +102,13 @@ def online_update(m_new, l_new) -> None:
     """Exercise 4.2: the running max and running sum after one more block of the online softmax."""
     __tracebackhide__ = True
     m_want = max(ONLINE_M, *ONLINE_BLOCK)
-    check_number(
-        m_new, m_want, name="Exercise 4.2 (m_new)", rel=1e-6,
+    _number(
+        m_new, m_want, name="Exercise 4.2 (m_new)", rel=REL_ONLINE,
         mistakes=[(ONLINE_M, "that is the old maximum; the new block may hold a larger score")]
         if ONLINE_M != m_want else [])
     l_want = ONLINE_L * math.exp(ONLINE_M - m_want) + sum(math.exp(x - m_want) for x in ONLINE_BLOCK)
-    check_number(
-        l_new, l_want, name="Exercise 4.2 (l_new)", rel=1e-4,
+    _number(
+        l_new, l_want, name="Exercise 4.2 (l_new)", rel=REL_ONLINE,
         mistakes=[(ONLINE_L + sum(math.exp(x - m_want) for x in ONLINE_BLOCK),
                    "the old sum was taken relative to the old maximum: multiply it by exp(m_old − m_new) "
                    "before adding the new block's terms"),
@@ -136,8 +161,9 @@ def causal_tiles(skipped, masked) -> None:
     why_masked.update({
         0: "The tiles on the diagonal hold keys that some rows of the query tile may see and others "
            "may not: they need the element-wise mask",
-        2 * counts["masked"]: "With BLOCK_M = BLOCK_N and an offset S_k − S_q that is a multiple of the "
-                              "block, the diagonal crosses exactly one key tile per query tile",
+        2 * counts["masked"]: "That is too many: find the key tile where the first query of a tile stops "
+                              "seeing keys and the one where its last query stops; with these block "
+                              "sizes and this offset, how many key tiles lie between?",
     })
     check_choice(masked, counts["masked"], name="Exercise 4.3 (masked)", options=options, why=why_masked,
                  explain=f"Of {total} pairs, {counts['full']} run without a mask, {counts['masked']} with "
@@ -153,21 +179,152 @@ def flash_kv_reads(tile_MB, total_GB) -> None:
     s = roofline.bytes_per_element(FLASH_DTYPE)
     per_tile = 2 * f["S"] * f["D"] * s                         # the whole K and V of its K/V head
     n_programs = math.ceil(f["S"] / f["BLOCK_M"]) * f["B"] * f["H"]
-    check_number(
+    _number(
         tile_MB, per_tile / 1e6, name="Exercise 4.4 (per query tile)", unit="MB",
         mistakes=[(per_tile / 2 / 1e6, "that is K alone; the program streams V through SRAM too"),
                   (per_tile * f["BLOCK_M"] / 1e6, "K and V are read once per query *tile*, not once per query"),
                   (per_tile / 2**20, "that is MiB (2**20 bytes); the question asks for MB (1e6 bytes)")])
     total = n_programs * per_tile
     minimum = 2 * f["B"] * f["H_kv"] * f["S"] * f["D"] * s    # K and V read once each from HBM
-    check_number(
+    _number(
         total_GB, total / 1e9, name="Exercise 4.4 (all programs)", unit="GB",
         mistakes=[(total * f["H_kv"] / f["H"] / 1e9,
                    f"GQA shares the K/V *data*, not the programs: each of the H = {f['H']} query heads "
                    "runs its own query tiles"),
-                  (per_tile * f["B"] * f["H"] / 1e9, f"there are S / BLOCK_M = {f['S'] // f['BLOCK_M']} query "
-                                                     "tiles per head, each reading K and V"),
+                  (per_tile * f["B"] * f["H"] / 1e9, "that is one program per head; every query tile of a "
+                                                     "head is a program of its own, and each reads K and V"),
                   (minimum / 1e9, "that is the HBM minimum (K and V read once); the programs read far more, "
                                   "mostly from L2")],
         explain=f"{total / minimum:g}× the {minimum / 1e6:.1f} MB of K and V (S/BLOCK_M × H/H_kv): the "
                 "programs of one head run side by side, so after the first read K and V come from L2.")
+
+
+# --- 4.5 (coding) ------------------------------------------------------------------------
+
+def _online_softmax_step_ref(m: torch.Tensor, l: torch.Tensor, block: torch.Tensor):
+    """One step of the online softmax for R rows at once: the running maximum ``m`` (R,) and
+    sum ``l`` (R,) of ``exp(x − m)`` over the scores seen so far, and the next ``block`` (R, N)
+    of scores, which may hold −inf (masked keys). Returns ``(m_new, l_new)``. A row that has
+    seen only −inf keeps ``m = −inf`` and ``l = 0``: it is shifted by 0 inside the exponentials,
+    as the kernel does, so that −inf − (−inf) never makes a NaN."""
+    m_new = torch.maximum(m, block.amax(dim=1))
+    shift = torch.where(m_new == float("-inf"), torch.zeros_like(m_new), m_new)
+    l_new = l * torch.exp(m - shift) + torch.exp(block - shift[:, None]).sum(dim=1)
+    return m_new, l_new
+
+
+def _step_slips(m, l, block):
+    """The usual wrong versions of the step, each with the kind of slip it makes."""
+    inf = float("-inf")
+    m_new = torch.maximum(m, block.amax(dim=1))
+    shift = torch.where(m_new == inf, torch.zeros_like(m_new), m_new)
+    new_terms = torch.exp(block - shift[:, None]).sum(dim=1)
+    old_shift = torch.where(m == inf, torch.zeros_like(m), m)
+    return [
+        ((m_new, l + new_terms),
+         "the old sum is relative to the old maximum: it has to be rescaled to the new one before "
+         "the block's terms are added"),
+        ((m_new, l * torch.exp(shift - torch.where(m == inf, shift, m)) + new_terms),
+         "the rescaling factor is upside down: it may only shrink the old sum, never grow it"),
+        ((m_new, new_terms),
+         "l_new forgets the scores seen before: the rescaled old sum belongs in it"),
+        ((m, l + torch.exp(block - old_shift[:, None]).sum(dim=1)),
+         "the maximum is not updated: the block may hold a larger score, and then its "
+         "exponentials can exceed 1 and, in the end, overflow"),
+        ((block.amax(dim=1), torch.exp(block - block.amax(dim=1, keepdim=True)).sum(dim=1)),
+         "m_new and l_new only look at the new block: the running values carry the scores seen "
+         "before"),
+    ]
+
+
+def _step_diagnostic():
+    """A small case that tells the slips apart: a row whose maximum grows, one whose maximum
+    stays, one that has seen only −inf and gets more, one that meets its first finite score."""
+    inf = float("-inf")
+    m = torch.tensor([3.0, 0.5, inf, inf])
+    l = torch.tensor([2.5, 1.5, 0.0, 0.0])
+    block = torch.tensor([[1.0, 4.0, 2.0, inf],
+                          [-1.0, 0.0, -2.0, 0.25],
+                          [inf, inf, inf, inf],
+                          [inf, 0.5, 1.0, inf]])
+    return m, l, block
+
+
+def _as_pair(got, name):
+    __tracebackhide__ = True
+    if got is None:
+        raise AssertionError(f"{name}: the function returned None: does it end with "
+                             "`return m_new, l_new`?")
+    if not (isinstance(got, (tuple, list)) and len(got) == 2
+            and all(isinstance(t, torch.Tensor) for t in got)):
+        raise AssertionError(f"{name}: return a pair of tensors, (m_new, l_new); got "
+                             f"{type(got).__name__}")
+    return got
+
+
+def _random_step_case(R: int, N: int, seed: int):
+    """Fresh rows: random running states (some rows have seen only −inf) and a block of scores
+    with masked entries (some rows entirely masked)."""
+    g = torch.Generator().manual_seed(seed)
+    inf = float("-inf")
+    m = 5 * torch.randn(R, generator=g)
+    l = 1 + 10 * torch.rand(R, generator=g)                 # ≥ 1: it holds exp(m − m) = 1
+    fresh = torch.rand(R, generator=g) < 0.25               # rows that have seen only −inf
+    m[fresh], l[fresh] = inf, 0.0
+    block = 5 * torch.randn(R, N, generator=g)
+    block[torch.rand(R, N, generator=g) < 0.3] = inf        # masked keys
+    block[torch.rand(R, generator=g) < 0.2] = inf           # whole rows masked in this block
+    return m, l, block
+
+
+def online_softmax_step(fn) -> bool:
+    """Exercise 4.5: the reader's ``online_update(m, l, block)`` against the reference, first on a
+    small case that names the usual slips, then on fresh random inputs (``check_function``)."""
+    __tracebackhide__ = True
+    name = "Exercise 4.5 (online_update)"
+    stub = "write the function (its body still raises NotImplementedError)"
+    if fn is ... or fn is None:
+        return _not_attempted(name, stub)
+    m, l, block = _step_diagnostic()
+    inputs = [t.clone() for t in (m, l, block)]
+    try:
+        got = fn(*inputs)
+    except NotImplementedError:
+        return _not_attempted(name, stub)
+    if not all(torch.equal(a, b) for a, b in zip(inputs, (m, l, block))):
+        raise AssertionError(f"{name}: the function changed its inputs in place; return new "
+                             "tensors instead (the caller still needs the old m and l)")
+    m_got, l_got = _as_pair(got, name)
+    m_want, l_want = _online_softmax_step_ref(m, l, block)
+    for t, want, what in ((m_got, m_want, "m_new"), (l_got, l_want, "l_new")):
+        if t.shape != want.shape:
+            raise AssertionError(f"{name}: {what} has shape {tuple(t.shape)} for {len(m)} rows; "
+                                 "reduce over the block's entries (dim=1), one value per row")
+
+    def close(a, b):
+        return torch.allclose(a.float(), b.float(), rtol=1e-4, atol=1e-6, equal_nan=True)
+
+    if not (close(m_got, m_want) and close(l_got, l_want)):
+        for (m_slip, l_slip), hint in _step_slips(m, l, block):
+            if close(m_got, m_slip) and close(l_got, l_slip):
+                raise AssertionError(f"{name}: {hint}.")
+        if (m_got.isnan() | l_got.isnan()).any():
+            raise AssertionError(
+                f"{name}: NaN for a row that has seen only −inf: −inf − (−inf) is NaN. Such a row "
+                "keeps m = −inf and l = 0; shift it by 0 inside the exponentials instead of by −inf")
+        seen_nothing = m_want == float("-inf")
+        if close(l_got, l_want) and not close(m_got, m_want) and close(
+                m_got[~seen_nothing], m_want[~seen_nothing]):
+            raise AssertionError(f"{name}: a row that has seen only −inf must keep m_new = −inf; "
+                                 "the shift by 0 is for the exponentials only")
+        wrong = " and ".join(w for w, ok in (("m_new", close(m_got, m_want)),
+                                              ("l_new", close(l_got, l_want))) if not ok)
+        raise AssertionError(f"{name}: {wrong} differ from the reference on a small case: "
+                             "recheck the two formulas of the online softmax, term by term")
+
+    cases = [_random_step_case(R, N, seed) for R, N, seed in ((7, 5, 1), (33, 64, 2), (128, 17, 3))]
+    return check_function(lambda *a: torch.stack(tuple(_as_pair(fn(*a), name))),
+                          lambda *a: torch.stack(_online_softmax_step_ref(*a)), cases, name=name,
+                          atol=1e-5, rtol=1e-4,
+                          explain="The kernel does the same per tile, with exp2 and a third running "
+                                  "quantity, the output accumulator, rescaled by the same factor.")
