@@ -9,8 +9,9 @@ import re
 import pytest
 import torch
 
-from infer_lib import hardware
+from infer_lib import device, hardware
 from infer_lib.exercises import NOT_ATTEMPTED, ch01
+from infer_lib.exercises.ch01 import tl, triton   # stand-ins where Triton is not installed
 
 H100 = hardware.SPECS["h100_sxm"]
 
@@ -57,8 +58,14 @@ def test_gpus_for_weights(capsys):
         ch01.gpus_for_weights(_gpus(1))
     with pytest.raises(AssertionError, match=r"counts 4 bytes per parameter \(fp32\)"):
         ch01.gpus_for_weights(_gpus(4))
-    with pytest.raises(AssertionError, match="round up"):
+    with pytest.raises(AssertionError, match="round up|rounding down"):
         ch01.gpus_for_weights(_gpus(2) - 1)
+    with pytest.raises(AssertionError, match="whole number"):
+        ch01.gpus_for_weights(ch01.LLAMA_PARAMS * 2 / (H100.memory_GB * 1e9))
+    for slip in (_gpus(1), _gpus(4), _gpus(2) - 1):   # no hint gives the answer away
+        with pytest.raises(AssertionError) as err:
+            ch01.gpus_for_weights(slip)
+        assert not re.search(rf"\b{_gpus(2)}\b", str(err.value)), str(err.value)
 
 
 # --- 1.2 -------------------------------------------------------------------------------
@@ -115,14 +122,129 @@ def test_highest_balance(capsys):
     assert "✅ Exercise 1.5: correct." in capsys.readouterr().out
     ch01.highest_balance(...)
     _assert_not_attempted(capsys)
-    wrong = next(k for k in hardware.SPECS if k != best)
-    with pytest.raises(AssertionError, match=re.escape(hardware.SPECS[wrong].name) + " does .* another GPU does more"):
-        ch01.highest_balance(wrong)
+    lowest = min(hardware.SPECS, key=lambda k: _balance_fp16(hardware.SPECS[k]))
+    most_flops = max(hardware.SPECS, key=lambda k: hardware.peak_tflops(hardware.SPECS[k], torch.float16))
+    hints = {lowest: "LOWEST balance", most_flops: "most FLOP/s"}
+    for key, hint in hints.items():
+        with pytest.raises(AssertionError, match=hint):
+            ch01.highest_balance(key)
+    for wrong in hardware.SPECS:
+        if wrong == best:
+            continue
+        with pytest.raises(AssertionError) as err:
+            ch01.highest_balance(wrong)
+        message = str(err.value).split("is not right.", 1)[1]   # the hint, after the echoed answer
+        # the hint names the slip, never the answer nor a balance that would decide it
+        assert best not in message and hardware.SPECS[best].name not in message, message
+        assert not re.search(r"\d{3}", message), message
     with pytest.raises(ValueError, match="not one of the options"):
         ch01.highest_balance("not_a_gpu")
 
 
+# --- 1.6 -------------------------------------------------------------------------------
+
+needs_triton = pytest.mark.skipif(not device.HAS_TRITON, reason="the kernel of Exercise 1.6 needs Triton")
+
+
+@triton.jit
+def _stub_kernel(x_ptr, y_ptr, out_ptr, n_elements, BLOCK_SIZE: tl.constexpr):
+    pid = tl.program_id(axis=0)
+    offs = pid * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
+    mask = offs < n_elements  # noqa: F841
+    raise NotImplementedError
+
+
+@triton.jit
+def _add_relu_kernel(x_ptr, y_ptr, out_ptr, n_elements, BLOCK_SIZE: tl.constexpr):
+    pid = tl.program_id(axis=0)
+    offs = pid * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
+    mask = offs < n_elements
+    x = tl.load(x_ptr + offs, mask=mask)
+    y = tl.load(y_ptr + offs, mask=mask)
+    tl.store(out_ptr + offs, tl.maximum(x + y, 0.0), mask=mask)
+
+
+@triton.jit
+def _no_relu_kernel(x_ptr, y_ptr, out_ptr, n_elements, BLOCK_SIZE: tl.constexpr):
+    pid = tl.program_id(axis=0)
+    offs = pid * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
+    mask = offs < n_elements
+    tl.store(out_ptr + offs, tl.load(x_ptr + offs, mask=mask) + tl.load(y_ptr + offs, mask=mask), mask=mask)
+
+
+@triton.jit
+def _relu_first_kernel(x_ptr, y_ptr, out_ptr, n_elements, BLOCK_SIZE: tl.constexpr):
+    pid = tl.program_id(axis=0)
+    offs = pid * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
+    mask = offs < n_elements
+    x = tl.maximum(tl.load(x_ptr + offs, mask=mask), 0.0)
+    y = tl.maximum(tl.load(y_ptr + offs, mask=mask), 0.0)
+    tl.store(out_ptr + offs, x + y, mask=mask)
+
+
+@triton.jit
+def _min_kernel(x_ptr, y_ptr, out_ptr, n_elements, BLOCK_SIZE: tl.constexpr):
+    pid = tl.program_id(axis=0)
+    offs = pid * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
+    mask = offs < n_elements
+    s = tl.load(x_ptr + offs, mask=mask) + tl.load(y_ptr + offs, mask=mask)
+    tl.store(out_ptr + offs, tl.minimum(s, 0.0), mask=mask)
+
+
+@triton.jit
+def _unmasked_kernel(x_ptr, y_ptr, out_ptr, n_elements, BLOCK_SIZE: tl.constexpr):
+    pid = tl.program_id(axis=0)
+    offs = pid * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
+    x = tl.load(x_ptr + offs)
+    y = tl.load(y_ptr + offs)
+    tl.store(out_ptr + offs, tl.maximum(x + y, 0.0))
+
+
+@triton.jit
+def _first_block_kernel(x_ptr, y_ptr, out_ptr, n_elements, BLOCK_SIZE: tl.constexpr):
+    offs = tl.arange(0, BLOCK_SIZE)   # forgets pid: every program does block 0
+    mask = offs < n_elements
+    x = tl.load(x_ptr + offs, mask=mask)
+    y = tl.load(y_ptr + offs, mask=mask)
+    tl.store(out_ptr + offs, tl.maximum(x + y, 0.0), mask=mask)
+
+
+@needs_triton
+def test_add_relu_right_and_not_attempted(capsys):
+    assert ch01.add_relu(_add_relu_kernel) is True
+    assert "✅ Exercise 1.6: correct." in capsys.readouterr().out
+    for unattempted in (..., _stub_kernel):
+        assert ch01.add_relu(unattempted) is False
+        out = capsys.readouterr().out
+        assert NOT_ATTEMPTED in out and "✅" not in out, out
+
+
+@needs_triton
+@pytest.mark.parametrize("kernel, hint", [
+    (_no_relu_kernel, "the ReLU is missing"),
+    (_relu_first_kernel, "applied to the inputs before the add"),
+    (_min_kernel, "not the smaller"),
+    (_unmasked_kernel, "writes past the end"),
+    (_first_block_kernel, "never written"),
+])
+def test_add_relu_slips(kernel, hint):
+    with pytest.raises(AssertionError, match=hint) as err:
+        ch01.add_relu(kernel)
+    message = str(err.value)
+    # the hint names the slip, not the code that fixes it
+    assert "tl.maximum" not in message and "mask=mask" not in message, message
+
+
+def test_add_relu_without_triton(monkeypatch, capsys):
+    monkeypatch.setattr(ch01.device, "HAS_TRITON", False)
+    assert ch01.add_relu(_add_relu_kernel) is False
+    out = capsys.readouterr().out
+    assert "needs Triton" in out and "✅" not in out, out
+    assert ch01.add_relu(...) is False
+    assert NOT_ATTEMPTED in capsys.readouterr().out
+
+
 def test_checks_hide_their_frames():
     for check in (ch01.gpus_for_weights, ch01.machine_balance, ch01.decode_bound,
-                  ch01.link_time, ch01.highest_balance):
+                  ch01.link_time, ch01.highest_balance, ch01.add_relu):
         assert "__tracebackhide__" in check.__code__.co_varnames, check.__name__

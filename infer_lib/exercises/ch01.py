@@ -3,24 +3,44 @@
 Each check computes its expected answer from the spec table (``hardware.SPECS``),
 so the reader's cell does not give it away. The only numbers typed here are the
 exercises' given inputs, named as in the exercise text. A check prints ✅ when the
-answer is right, raises ``NotImplementedError`` while it is still ``...``, and
-``AssertionError`` with a hint when it is wrong.
+answer is right, prints "not attempted yet" (and raises nothing) while it is still
+``...``, and raises ``AssertionError`` with a hint when it is wrong. A hint names the
+kind of slip, never the expected value nor the quantities that decide it.
+
+Exercise 1.6 is a Triton kernel: ``triton`` and ``tl`` below are the real modules
+where Triton is installed, and stand-ins that only let the reader's cell define
+the kernel where it is not (the check then says the exercise needs Triton).
 """
 
 from __future__ import annotations
 
+import inspect
 import math
+import textwrap
+import types
 
 import torch
 
-from .. import hardware
-from . import check_choice, check_number
+from .. import device, hardware
+from . import _not_attempted, check_choice, check_function, check_number
+
+if device.HAS_TRITON:
+    import triton
+    import triton.language as tl
+else:  # stand-ins: enough for `@triton.jit` and `BLOCK_SIZE: tl.constexpr` to be defined
+    triton = types.SimpleNamespace(jit=lambda fn=None, **_: fn if fn is not None else (lambda f: f))
+    tl = types.SimpleNamespace(constexpr=int)
 
 GPU = "h100_sxm"      # the GPU of Exercises 1.1-1.4
 LLAMA_PARAMS = 405e9  # Exercise 1.1: Llama 3.1 405B
 PARAMS_7B = 7e9       # Exercise 1.3: a 7-billion-parameter model
 BF16_BYTES = 2        # Exercises 1.1 and 1.3: bytes per bf16 parameter
 NBYTES = 1e9          # Exercise 1.4: 1 GB, in one direction
+
+
+def _wrap(text: str) -> str:
+    """An explanation on its own lines under the ✅ line, wrapped to fit 100 characters."""
+    return "\n" + textwrap.fill(text, 100, initial_indent="   ", subsequent_indent="   ")
 
 
 def gpus_for_weights(answer) -> None:
@@ -31,9 +51,11 @@ def gpus_for_weights(answer) -> None:
     check_number(
         answer, math.ceil(exact), name="Exercise 1.1", unit="GPUs", integer=True,
         mistakes=[(math.ceil(exact / BF16_BYTES), "that counts 1 byte per parameter; bf16 takes 2 bytes"),
-                  (math.ceil(exact * 2), "that counts 4 bytes per parameter (fp32); bf16 takes 2 bytes")],
-        explain=f"{exact:.2f} GPUs' worth of memory means {math.ceil(exact)} GPUs: more than one 8-GPU node, "
-                "before a single byte of KV cache.")
+                  (math.ceil(exact * 2), "that counts 4 bytes per parameter (fp32); bf16 takes 2 bytes"),
+                  (math.floor(exact), "one short: rounding down leaves part of the weights without a "
+                                      "GPU (and a GPU's memory is in GB, 1e9 bytes, not GiB)")],
+        explain=_wrap(f"{exact:.2f} GPUs' worth of memory means {math.ceil(exact)} GPUs: more than "
+                      "one 8-GPU node, before a single byte of KV cache."))
 
 
 def machine_balance(answer) -> None:
@@ -47,8 +69,8 @@ def machine_balance(answer) -> None:
                                      "ordinary matmuls get the dense figure"),
                   (h100.fp32_TFLOPs * 1e12 / (h100.bandwidth_GBps * 1e9),
                    "that is the plain FP32 peak; the question asks for bf16 on tensor cores")],
-        explain=f"An operation must do about {balance_bf16:.0f} FLOPs per byte it moves to keep the tensor "
-                "cores busy; below that it is memory-bound.")
+        explain=_wrap(f"An operation must do about {balance_bf16:.0f} FLOPs per byte it moves to keep "
+                      "the tensor cores busy; below that it is memory-bound."))
 
 
 def decode_bound(time_ms, tokens_per_s) -> None:
@@ -61,8 +83,8 @@ def decode_bound(time_ms, tokens_per_s) -> None:
                  mistakes=[(min_ms / BF16_BYTES, "that counts 1 byte per parameter; bf16 takes 2")])
     check_number(tokens_per_s, 1e3 / min_ms, name="Exercise 1.3 (tokens/s)", unit="tokens/s",
                  mistakes=[(BF16_BYTES * 1e3 / min_ms, "that counts 1 byte per parameter; bf16 takes 2")],
-                 explain="A bound set by bandwidth alone: batch-1 decoding is memory-bound. "
-                         "Chapter 9 measures how close a real decoder gets.")
+                 explain=_wrap("A bound set by bandwidth alone: batch-1 decoding is memory-bound. "
+                               "Chapter 9 measures how close a real decoder gets."))
 
 
 def link_time(nvlink_ms, pcie_ms) -> None:
@@ -76,12 +98,36 @@ def link_time(nvlink_ms, pcie_ms) -> None:
                  mistakes=[(expected_ms["NVLink"] / 2, half)])
     check_number(pcie_ms, expected_ms["PCIe"], name="Exercise 1.4 (PCIe)", unit="ms",
                  mistakes=[(expected_ms["PCIe"] / 2, half)],
-                 explain=f"PCIe is {expected_ms['PCIe'] / expected_ms['NVLink']:.0f}x slower: "
-                         "data that must cross it during inference costs dearly.")
+                 explain=_wrap(f"PCIe is {expected_ms['PCIe'] / expected_ms['NVLink']:.0f}x slower: "
+                               "data that must cross it during inference costs dearly."))
 
 
 def _balance_fp16(spec: hardware.GPUSpec) -> float:
     return hardware.peak_tflops(spec, torch.float16) * 1e12 / (spec.bandwidth_GBps * 1e9)
+
+
+def _balance_hints() -> dict[str, str]:
+    """For each wrong key, the kind of slip it suggests, without any GPU's balance."""
+    specs = hardware.SPECS
+    fp16 = {k: hardware.peak_tflops(s, torch.float16) for k, s in specs.items()}
+    most_flops = {k for k in specs if fp16[k] == max(fp16.values())}
+    least_bw = {k for k in specs if specs[k].bandwidth_GBps == min(s.bandwidth_GBps for s in specs.values())}
+    lowest = min(specs, key=lambda k: _balance_fp16(specs[k]))
+    hints = {}
+    for key in specs:
+        if key == lowest:
+            hints[key] = ("that GPU has the LOWEST balance, the most bandwidth per FLOP: did you divide "
+                          "bandwidth by FLOP/s, or take the minimum?")
+        elif key in most_flops:
+            hints[key] = ("that GPU has the most FLOP/s, but the balance divides them by the bandwidth, "
+                          "and it has plenty of that; compute the ratio for every row.")
+        elif key in least_bw:
+            hints[key] = ("that GPU has the least bandwidth, but also few FLOP/s; the ratio, not either "
+                          "number alone, decides. Compute it for every row.")
+        else:
+            hints[key] = ("another GPU does more dense 16-bit FLOPs per byte; compute the ratio for every "
+                          "row (fp16 on tensor cores, dense, TFLOP/s x 1e12 / (GB/s x 1e9)) and compare.")
+    return hints
 
 
 def highest_balance(answer) -> None:
@@ -90,8 +136,99 @@ def highest_balance(answer) -> None:
     most_starved = max(hardware.SPECS, key=lambda key: _balance_fp16(hardware.SPECS[key]))
     top = hardware.SPECS[most_starved]
     check_choice(
-        answer, most_starved, name="Exercise 1.5", options=list(hardware.SPECS),
-        why={key: f"The {s.name} does {_balance_fp16(s):.0f} FLOP per byte; another GPU does more."
-             for key, s in hardware.SPECS.items()},
-        explain=f"The {top.name} does {_balance_fp16(top):.0f} "
-                "FLOP per byte: fine for compute-bound work, slow at memory-bound decoding.")
+        answer, most_starved, name="Exercise 1.5", options=list(hardware.SPECS), why=_balance_hints(),
+        explain=_wrap(f"The {top.name} does {_balance_fp16(top):.0f} "
+                      "FLOP per byte: fine for compute-bound work, slow at memory-bound decoding."))
+
+
+# --- Exercise 1.6: a fused add + ReLU kernel ----------------------------------------------
+
+#: the check's block size (the reader's kernel takes it as its BLOCK_SIZE constexpr)
+ADD_RELU_BLOCK = 256
+#: element counts of the check: odd, one below a block, one past a block, several blocks and a tail
+ADD_RELU_SIZES = (1, ADD_RELU_BLOCK + 1, 3 * ADD_RELU_BLOCK - 23)
+_OUT_PAD = -7.0   # a ReLU never writes a negative number: padding that changes was written
+
+
+def _add_relu_ref(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``max(x + y, 0)``, elementwise: the reference of Exercise 1.6."""
+    return torch.relu(x + y)
+
+
+def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return bool(torch.allclose(a, b, atol=1e-6, rtol=1e-5))
+
+
+def _launch_add_relu(kernel, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Run the reader's kernel on ``x`` and ``y``; raise with a hint on the usual slips.
+
+    The buffers are one block longer than ``n``, so a load or store that forgets its
+    mask lands in padding the check owns (and can see) instead of crashing the process."""
+    __tracebackhide__ = True
+    n, pad = x.numel(), ADD_RELU_BLOCK
+    xb = torch.cat([x, torch.full((pad,), -1.0, dtype=x.dtype, device=x.device)])
+    yb = torch.cat([y, torch.full((pad,), -1.0, dtype=y.dtype, device=y.device)])
+    outb = torch.full((n + pad,), _OUT_PAD, dtype=x.dtype, device=x.device)
+    outb[:n] = float("nan")                      # poisoned: an element never written stays NaN
+    try:
+        kernel[(triton.cdiv(n, ADD_RELU_BLOCK),)](xb, yb, outb, n, BLOCK_SIZE=ADD_RELU_BLOCK)
+    except NotImplementedError:
+        raise
+    except Exception as err:                     # the interpreter wraps what the kernel raised
+        if "NotImplementedError" in f"{type(err).__name__}: {err}":
+            raise NotImplementedError from None
+        raise
+    out = outb[:n]
+    sizes = f"on {n} element{'s' if n != 1 else ''} in blocks of {ADD_RELU_BLOCK}"
+    if (outb[n:] != _OUT_PAD).any():
+        raise AssertionError(f"Exercise 1.6: {sizes}, the kernel writes past the end of `out`: "
+                             "the last block is partly outside the tensor. Which argument of tl.store "
+                             "switches those lanes off?")
+    if out.isnan().any():
+        raise AssertionError(f"Exercise 1.6: {sizes}, some elements of `out` are never written (they "
+                             "still hold the NaN the check filled it with). Does every program store "
+                             "its whole block, at its own offsets?")
+    if _close(out, _add_relu_ref(x, y)):
+        return out
+    if _close(out, x + y):
+        raise AssertionError("Exercise 1.6: negative sums come out negative: the ReLU is missing.")
+    if any(_close(out, wrong) for wrong in (torch.relu(x) + torch.relu(y), torch.relu(x) + y,
+                                            x + torch.relu(y))):
+        raise AssertionError("Exercise 1.6: the ReLU is applied to the inputs before the add; "
+                             "it belongs on the sum.")
+    if _close(out, torch.clamp(x + y, max=0)):
+        raise AssertionError("Exercise 1.6: positive sums come out as 0 and negative ones survive: "
+                             "the ReLU keeps the larger of the sum and 0, not the smaller.")
+    return out
+
+
+def _source(kernel) -> str:
+    """The source of the reader's kernel (a @triton.jit function or a plain one), or ''."""
+    try:
+        return inspect.getsource(getattr(kernel, "fn", kernel))
+    except (OSError, TypeError):
+        return ""
+
+
+def add_relu(kernel) -> bool:
+    """Exercise 1.6: a Triton kernel computing ``out = max(x + y, 0)``, checked against
+    ``_add_relu_ref`` on fresh random fp32 inputs of odd sizes."""
+    __tracebackhide__ = True
+    name = "Exercise 1.6"
+    if kernel is ... or kernel is None:
+        return _not_attempted(name, "write the kernel (its body still raises NotImplementedError)")
+    if "raise NotImplementedError" in _source(kernel):
+        return _not_attempted(name, "write the kernel (its body still raises NotImplementedError)")
+    if not device.HAS_TRITON:
+        print(f"⏭ {name} needs Triton, which is not installed here (there are no Triton wheels for "
+              "macOS): run it on Linux or in Colab.")
+        return False
+    if not hasattr(kernel, "__getitem__"):
+        raise TypeError(f"{name}: pass the kernel itself, the function decorated with @triton.jit, "
+                        f"not {type(kernel).__name__} {kernel!r}")
+    cases = [(torch.randn(n, device=device.DEVICE), torch.randn(n, device=device.DEVICE))
+             for n in ADD_RELU_SIZES]
+    return check_function(
+        lambda x, y: _launch_add_relu(kernel, x, y), _add_relu_ref, cases, name=name,
+        explain=_wrap("One read of x and y, one write of out: the ReLU costs no extra trip to HBM, "
+                      "which two separate kernels (an add, then a ReLU) would."))
