@@ -293,7 +293,7 @@ def plot_roofline(ax, peak_flops: float, bandwidth: float, *, label: str, source
     TFLOP/s on the axis) over ``intensity_range`` FLOP/byte, on log-log axes,
     and mark the ridge point. ``source`` says where the ceilings come from
     (``plotting.datasheet(...)`` or, for measured ones, ``plotting.live()``).
-    ``linestyle`` overrides the source's (``plot_rooflines`` dashes the CUDA-core roof).
+    ``linestyle`` overrides the source's (``plot_rooflines`` draws the tensor-core roof solid, the CUDA-core roof dashed).
     Returns the line."""
     peak_flops, bandwidth = _positive("peak_flops", peak_flops), _positive("bandwidth", bandwidth)
     lo, hi = (_positive("intensity_range[0]", intensity_range[0]),
@@ -332,7 +332,7 @@ def plot_rooflines(ax, spec: hardware.GPUSpec, dtype: torch.dtype | str = torch.
     name = spec.name if label is None else label
     dt = device.dtype_name(dtype) if isinstance(dtype, torch.dtype) else str(dtype)
     tensor = plot_roofline(ax, *ceilings(spec, dtype), label=f"{name}, {dt} tensor cores", source=source,
-                           color=color, intensity_range=intensity_range)
+                           color=color, intensity_range=intensity_range, linestyle="-")
     cuda = plot_roofline(ax, *cuda_core_ceilings(spec), label=f"{name}, FP32 CUDA cores", source=source,
                          color=tensor.get_color(), intensity_range=intensity_range, linestyle="--")
     return tensor, cuda

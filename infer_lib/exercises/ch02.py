@@ -72,8 +72,8 @@ def decode_intensity(answer) -> None:
                                             "(2·M·N·K in all), and a bf16 element is 2 bytes, not 4"),
                   (op.flops / (op.bytes / s), "a factor of 2 too large: that divides by elements, not "
                                               "bytes; bf16 takes 2 bytes each")],
-        explain=f"{op.flops:.3g} FLOPs on {op.bytes / 1e6:.1f} MB: about B = {DECODE_BATCH} FLOPs per byte, "
-                "because the weights dominate the bytes and each weight is used B times.")
+        explain=f"{op.flops:.3g} FLOPs on {op.bytes / 1e6:.1f} MB: about B = {DECODE_BATCH} FLOPs per "
+                "byte,\n   because the weights dominate the bytes and each weight is used B times.")
 
 
 #: Exercise 2.2: why each wrong choice is wrong, without the numbers that decide it
@@ -102,8 +102,8 @@ def linear_bound(a100_80gb_answer, a100_40gb_answer) -> None:
     if right == len(BOUND_GPUS):
         balances = ", ".join(f"{roofline.machine_balance(hardware.SPECS[k], DTYPE):.0f} on the "
                              f"{hardware.SPECS[k].name}" for k in BOUND_GPUS)
-        print(f"   The layer does {op.intensity:.0f} FLOP/byte; the bf16 ridges are {balances}: "
-              "same chip and peak, different HBM.")
+        print(f"   The layer does {op.intensity:.0f} FLOP/byte; the bf16 ridges are {balances}:\n"
+              "   same chip and peak, different HBM.")
 
 
 def _swiglu_bytes() -> tuple[float, float]:
@@ -134,8 +134,9 @@ def fusion(bytes_unfused, bytes_fused, speedup) -> None:
         mistakes=[(fused / unfused, "that is fused ÷ unfused: the speed-up is the time before ÷ the time after"),
                   (4 / 3, "recount the unfused bytes: gate, the intermediate twice, up, and the output"),
                   (3 / 2, "recount the fused bytes: gate and up are read, and the output is written")],
-        explain="A memory-bound op's time is bytes ÷ bandwidth, so the speed-up is the ratio of bytes. "
-                "(Two launches instead of one add overhead too: fusion helps small tensors even more.)")
+        explain="A memory-bound op's time is bytes ÷ bandwidth,\n   so the speed-up is the ratio of "
+                "bytes. (Two launches instead of one add overhead too:\n   fusion helps small tensors "
+                "even more.)")
 
 
 def rms_norm_floor(answer_us) -> None:
@@ -162,9 +163,9 @@ def rms_norm_floor(answer_us) -> None:
                   (op.bytes / (bw / 1.024**3) * 1e6, "GB/s on the datasheet are 1e9 bytes/s, not 2**30"),
                   (other_us, f"that uses the {other.name}'s bandwidth; the {spec.name} has faster memory")],
         explain=f"{op.bytes / 1e6:.0f} MB at {spec.bandwidth_GBps:,.0f} GB/s: memory-bound; the "
-                f"{op.flops / 1e9:.2f} GFLOP would take {op.flops / peak * 1e6:.1f} µs on the CUDA cores "
-                f"(FP32, {spec.fp32_TFLOPs:g} TFLOP/s). On the {other.name}, with the same FP32 peak, "
-                f"it takes {other_us:.0f} µs: memory-bound work speeds up with bandwidth alone.")
+                f"{op.flops / 1e9:.2f} GFLOP would take\n   {op.flops / peak * 1e6:.1f} µs on the CUDA "
+                f"cores (FP32, {spec.fp32_TFLOPs:g} TFLOP/s). On the {other.name},\n   with the same "
+                f"FP32 peak, it takes {other_us:.0f} µs: memory-bound work speeds up with bandwidth alone.")
 
 
 # ----------------------------------------------------------------------------
@@ -273,7 +274,7 @@ def _diagnose(name: str, got: list, cases: list) -> None:
                          f"(tolerance ±{RTOL_TIME:.1%}).")
 
 
-def batched_matmul_time(fn) -> bool:
+def batched_matmul_time(fn) -> None:
     """Exercise 2.5 (coding): ``fn(batch, M, N, K, bytes_per_element, peak_tflops, bandwidth_gbps)``
     must return the roofline time in µs of ``batch`` products ``(M×K)·(K×N)``; compared with
     ``_batched_matmul_time_us_ref`` on fresh random cases, to ±0.1%."""
@@ -281,12 +282,14 @@ def batched_matmul_time(fn) -> bool:
     name = "Exercise 2.5"
     cases = _cases()
     if fn is ... or fn is None:
-        return check_function(fn, _batched_matmul_time_us_ref, cases, name=name)
+        check_function(fn, _batched_matmul_time_us_ref, cases, name=name)
+        return
     try:
         got = [fn(*c) for c in cases]
     except NotImplementedError:
-        return check_function(fn, _batched_matmul_time_us_ref, cases, name=name)   # "not attempted yet"
+        check_function(fn, _batched_matmul_time_us_ref, cases, name=name)   # "not attempted yet"
+        return
     _diagnose(name, got, cases)
-    return check_function(fn, _batched_matmul_time_us_ref, cases, name=name, rtol=RTOL_TIME, atol=0,
-                          explain=f"It agrees with the reference on {len(cases)} random cases, "
-                                  "memory- and compute-bound.")
+    check_function(fn, _batched_matmul_time_us_ref, cases, name=name, rtol=RTOL_TIME, atol=0,
+                          explain=f"It agrees with the reference on {len(cases)} random cases,\n"
+                                  "   memory- and compute-bound.")
