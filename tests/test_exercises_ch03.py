@@ -3,6 +3,8 @@
 The right answers are worked out here as a learner would, from the spec table and the shipped bench file.
 """
 
+import math
+import random
 import re
 
 import pytest
@@ -54,17 +56,40 @@ def _measured_copy_GBps():
 
 # --- 3.1 -------------------------------------------------------------------------------
 
+def _hint(check, *args):
+    """The message a wrong answer raises; it must never contain the right answer."""
+    with pytest.raises(AssertionError) as err:
+        check(*args)
+    return str(err.value)
+
+
+def _numbers(text):
+    return [float(x.replace(",", "")) for x in re.findall(r"\d[\d,]*\.?\d*", text)]
+
+
+def _assert_not_given(hint, *values):
+    """No number in ``hint`` is within 3% of any of ``values`` (the answer, or what decides it)."""
+    for x in _numbers(hint):
+        for v in values:
+            assert not math.isclose(x, v, rel_tol=0.03), (x, v, hint)
+
+
 def test_critical_batch_int8(capsys):
-    ch03.critical_batch_int8(_b_star(1))
+    right = _b_star(1)
+    ch03.critical_batch_int8(right)
     assert "✅ Exercise 3.1: correct." in capsys.readouterr().out
+    ch03.critical_batch_int8(round(right))                      # rounded: inside the 2% tolerance
+    ch03.critical_batch_int8(right * 1.015)
+    assert capsys.readouterr().out.count("✅") == 2
     ch03.critical_batch_int8(...)
     _assert_not_attempted(capsys, "replace the `...`")
-    with pytest.raises(AssertionError, match="twice the answer: 2 bytes per weight"):
-        ch03.critical_batch_int8(_b_star(2))
-    with pytest.raises(AssertionError, match="four times the answer"):
-        ch03.critical_batch_int8(2 * _b_star(2))
-    with pytest.raises(AssertionError, match="plain FP32 peak"):
-        ch03.critical_batch_int8(_b_star(1, peak_tflops=H100.fp32_TFLOPs))
+    for wrong, match in ((_b_star(2), "factor of 2: .*bf16 weights"),
+                         (2 * _b_star(2), "factor of 4: two slips"),
+                         (_b_star(1, peak_tflops=H100.fp32_TFLOPs), "plain FP32 peak")):
+        hint = _hint(ch03.critical_batch_int8, wrong)
+        assert re.search(match, hint), hint
+        _assert_not_given(hint.split("is not right")[-1], right)
+    assert "twice the answer" not in _hint(ch03.critical_batch_int8, _b_star(2))
 
 
 def test_int8_halves_the_critical_batch():
@@ -86,10 +111,12 @@ def test_llama_up_proj_bound(capsys):
     _assert_not_attempted(capsys)
     ch03.llama_up_proj_bound("memory", ...)
     _assert_not_attempted(capsys, r"B = 1024")
-    with pytest.raises(AssertionError, match=r"B = 64.*63 FLOP per byte.*balance of 153"):
-        ch03.llama_up_proj_bound("compute", "compute")
-    with pytest.raises(AssertionError, match=r"B = 1024.*762 FLOP per byte"):
-        ch03.llama_up_proj_bound("memory", "memory")
+    # a wrong choice says how to decide, never the intensity or the balance that decide it
+    for args, match in ((("compute", "compute"), r"B = 64.*compute-bound only when.*dominates"),
+                        (("memory", "memory"), r"B = 1024.*memory-bound only when")):
+        hint = _hint(ch03.llama_up_proj_bound, *args)
+        assert re.search(match, hint), hint
+        _assert_not_given(hint.split("is not right")[-1], _intensity(64), _intensity(1024), balance)
     with pytest.raises(ValueError, match="not one of the options"):
         ch03.llama_up_proj_bound("memory-bound", "compute")
 
@@ -98,20 +125,25 @@ def test_llama_up_proj_bound(capsys):
 
 def test_tile_traffic(capsys):
     tiled, naive = _tile_GB(), _naive_GB()
-    ch03.tile_traffic(tiled, naive - tiled)
+    ch03.tile_traffic(tiled, naive / tiled)
     out = capsys.readouterr().out
-    assert "✅ Exercise 3.3 (tiled kernel): correct." in out and "✅ Exercise 3.3 (saved): correct." in out
-    assert "256 times less traffic" in out
+    assert "✅ Exercise 3.3 (tiled kernel): correct." in out and "✅ Exercise 3.3 (times less): correct." in out
+    ch03.tile_traffic(round(tiled, 1), round(naive / tiled))     # rounded answers pass
+    assert capsys.readouterr().out.count("✅") == 2
     ch03.tile_traffic(..., ...)
     _assert_not_attempted(capsys)
-    with pytest.raises(AssertionError, match="counts only the slabs of a"):
-        ch03.tile_traffic(_tile_GB(only_a=True), naive - tiled)
-    with pytest.raises(AssertionError, match="the minimum, every element read once"):
-        ch03.tile_traffic(3 * ch03.PRODUCT_N**2 * 2 / 1e9, naive - tiled)
-    with pytest.raises(AssertionError, match="what the naive kernel reads; subtract"):
-        ch03.tile_traffic(tiled, naive)
-    with pytest.raises(AssertionError, match="2·K elements per output"):
-        ch03.tile_traffic(tiled, _naive_GB(reads_per_output=1) - tiled)
+    ch03.tile_traffic(tiled, ...)
+    _assert_not_attempted(capsys, "times less")
+    slips = [((_tile_GB(only_a=True), naive / tiled), "slabs of one operand only"),
+             ((3 * ch03.PRODUCT_N**2 * 2 / 1e9, naive / tiled), "the minimum, every element read once"),
+             ((tiled / 2, naive / tiled), "or elements instead of bytes"),
+             ((tiled * 2**30 / 1e9, naive / tiled), "GiB"),
+             ((tiled, _naive_GB(reads_per_output=1) / tiled), "factor of 2: the naive kernel reads 2·K"),
+             ((tiled, tiled / naive), "inverted")]
+    for args, match in slips:
+        hint = _hint(ch03.tile_traffic, *args)
+        assert match in hint, hint
+        _assert_not_given(hint.split("is not right")[-1].split(" is off")[-1], tiled, naive / tiled)
 
 
 # --- 3.4 -------------------------------------------------------------------------------
@@ -135,6 +167,69 @@ def test_time_floor(capsys):
         ch03.time_floor(datasheet, datasheet)
 
 
+# --- 3.5 (coding) ----------------------------------------------------------------------
+
+def _reads(M, N, K, BLOCK_M, BLOCK_N, elem_bytes):
+    """A learner's right answer: programs × what each loads over the K loop × bytes."""
+    programs = -(-M // BLOCK_M) * -(-N // BLOCK_N)
+    return programs * (BLOCK_M * K + K * BLOCK_N) * elem_bytes
+
+
+def test_tiled_read_bytes_right(capsys):
+    assert ch03.tiled_read_bytes(_reads)
+    assert "✅ Exercise 3.5: correct." in capsys.readouterr().out
+    # float arithmetic with math.ceil is accepted too
+    assert ch03.tiled_read_bytes(lambda M, N, K, bm, bn, s: math.ceil(M / bm) * math.ceil(N / bn) * K * (bm + bn) * s * 1.0)
+
+
+def test_tiled_read_bytes_not_attempted(capsys):
+    def stub(M, N, K, BLOCK_M, BLOCK_N, elem_bytes):
+        raise NotImplementedError
+
+    assert ch03.tiled_read_bytes(stub) is False
+    assert ch03.tiled_read_bytes(...) is False
+    out = capsys.readouterr().out
+    assert out.count(NOT_ATTEMPTED) == 2 and "✅" not in out
+
+
+def test_tiled_read_bytes_cases_are_odd_and_ragged():
+    for case in ch03._traffic_cases(rng=random.Random(0)) + ch03._traffic_cases():
+        M, N, K, bm, bn, s = case
+        assert M % 2 and N % 2 and K % 2 and M % bm and N % bn, case
+    first = ch03._traffic_cases(rng=random.Random(1))[0]
+    assert first[0] < first[3]   # a decode shape: M smaller than BLOCK_M
+
+
+_SLIPS = {
+    "tile counts are not rounded up": lambda M, N, K, bm, bn, s: M * N * K * (1 / bm + 1 / bn) * s,
+    "rounded down": lambda M, N, K, bm, bn, s: (M // bm) * (N // bn) * K * (bm + bn) * s,
+    "counts elements": lambda M, N, K, bm, bn, s: _reads(M, N, K, bm, bn, 1),
+    "slabs of a only": lambda M, N, K, bm, bn, s: -(-M // bm) * -(-N // bn) * K * bm * s,
+    "slabs of b only": lambda M, N, K, bm, bn, s: -(-M // bm) * -(-N // bn) * K * bn * s,
+    "swapped": lambda M, N, K, bm, bn, s: _reads(M, N, K, bn, bm, s),
+    "the minimum": lambda M, N, K, bm, bn, s: (M * K + K * N) * s,
+    "naive kernel": lambda M, N, K, bm, bn, s: 2 * M * N * K * s,
+    "c is written": lambda M, N, K, bm, bn, s: _reads(M, N, K, bm, bn, s) + M * N * s,
+}
+
+
+@pytest.mark.parametrize("slip", list(_SLIPS))
+def test_tiled_read_bytes_slips(slip):
+    hint = _hint(ch03.tiled_read_bytes, _SLIPS[slip])
+    assert slip in hint, hint
+    assert "return " not in hint and "ceil(" not in hint and "//" not in hint   # no code given away
+
+
+def test_tiled_read_bytes_other_mistakes():
+    with pytest.raises(AssertionError, match="Count the programs"):
+        ch03.tiled_read_bytes(lambda M, N, K, bm, bn, s: _reads(M, N, K, bm, bn, s) + 1)
+    with pytest.raises(AssertionError, match="returned None"):
+        ch03.tiled_read_bytes(lambda *args: None)
+    with pytest.raises(TypeError, match="expected a number"):
+        ch03.tiled_read_bytes(lambda *args: "many")
+
+
 def test_checks_hide_their_frames():
-    for check in (ch03.critical_batch_int8, ch03.llama_up_proj_bound, ch03.tile_traffic, ch03.time_floor):
+    for check in (ch03.critical_batch_int8, ch03.llama_up_proj_bound, ch03.tile_traffic, ch03.time_floor,
+                  ch03.tiled_read_bytes):
         assert "__tracebackhide__" in check.__code__.co_varnames, check.__name__
