@@ -1,10 +1,15 @@
 """Where the code runs: a CUDA GPU (Triton compiles the kernels) or the CPU
-(Triton's interpreter runs the very same kernels on CPU tensors).
+(Triton's interpreter runs the very same kernels on CPU tensors) — or, where
+Triton is not installed (macOS: there are no Triton wheels), nowhere: the
+chapters then run the PyTorch references (``infer_lib.kernels`` falls back to
+them and says so).
 
 The choice is made once, at import, before anything imports ``triton``:
 Triton reads ``TRITON_INTERPRET`` when a kernel is decorated, so the variable
 must be in the environment before the first ``@triton.jit`` runs. ``import
 infer_lib`` imports this module first, so readers never set anything by hand.
+Whether Triton is installed is asked without importing it
+(``importlib.util.find_spec``).
 
 Also here: the working dtype for the machine, the problem-size profile the
 notebooks use, and a one-line description of the machine.
@@ -13,6 +18,7 @@ notebooks use, and a one-line description of the machine.
 from __future__ import annotations
 
 import functools
+import importlib.util
 import os
 import platform
 import sys
@@ -22,7 +28,27 @@ import torch
 
 HAS_GPU: bool = torch.cuda.is_available()
 
-if not HAS_GPU:
+
+def _triton_installed() -> bool:
+    """Whether ``import triton`` can find Triton, asked without importing it."""
+    if "triton" in sys.modules:
+        return sys.modules["triton"] is not None   # None: imports of triton are blocked
+    try:
+        return importlib.util.find_spec("triton") is not None
+    except (ImportError, ValueError):             # a finder refusing it, a broken entry
+        return False
+
+
+#: True when Triton is installed. Without it (macOS, a CPU-only pip install of torch on
+#: some platforms) ``infer_lib.kernels`` exports the PyTorch references under the
+#: launchers' names and the Triton-only cells of the chapters are skipped.
+HAS_TRITON: bool = _triton_installed()
+
+#: what a reader without Triton is told, once, wherever the kernels would have run
+NO_TRITON_NOTE = ("Triton not installed: the Triton kernels are skipped; chapters run on the "
+                  "PyTorch references")
+
+if HAS_TRITON and not HAS_GPU:
     if "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1":
         # Triton was imported first. Kernels decorated from now on still honour
         # the variable (Triton reads it at decoration time), but say so loudly.
@@ -37,8 +63,9 @@ if not HAS_GPU:
         )
     os.environ["TRITON_INTERPRET"] = "1"
 
-#: True when Triton kernels run in the interpreter (no GPU), False when compiled.
-INTERPRET: bool = os.environ.get("TRITON_INTERPRET") == "1"
+#: True when Triton kernels run in the interpreter (Triton present, no GPU), False when
+#: they are compiled — or when there is no Triton to run them (``HAS_TRITON`` False).
+INTERPRET: bool = HAS_TRITON and os.environ.get("TRITON_INTERPRET") == "1"
 
 #: The device the notebooks and tests put their tensors on.
 DEVICE: torch.device = torch.device("cuda" if HAS_GPU else "cpu")
@@ -109,7 +136,10 @@ def gpu_name() -> str | None:
     return torch.cuda.get_device_name() if HAS_GPU else None
 
 
-def triton_version() -> str:
+def triton_version() -> str | None:
+    """Triton's version; None where Triton is not installed."""
+    if not HAS_TRITON:
+        return None
     import triton  # imported here, after TRITON_INTERPRET is settled
 
     return triton.__version__
@@ -117,15 +147,20 @@ def triton_version() -> str:
 
 def describe() -> str:
     """One line about this machine, for the top of every notebook."""
-    versions = f"torch {torch.__version__} · triton {triton_version()} · Python {platform.python_version()}"
+    triton_text = f"triton {triton_version()}" if HAS_TRITON else "triton not installed"
+    versions = f"torch {torch.__version__} · {triton_text} · Python {platform.python_version()}"
+    if HAS_TRITON:
+        mode = "Triton kernels run in the interpreter" if INTERPRET else "Triton kernels compiled"
+    else:
+        mode = NO_TRITON_NOTE
     if not HAS_GPU:
-        return f"CPU only, no CUDA GPU: Triton kernels run in the interpreter · {versions}"
+        return f"CPU only, no CUDA GPU: {mode} · {versions}"
     props = torch.cuda.get_device_properties(torch.cuda.current_device())
     major, minor = props.major, props.minor
     mem = props.total_memory / 2**30
     return (
         f"{props.name} (sm_{major}{minor}, {props.multi_processor_count} SMs, {mem:.1f} GiB) "
-        f"· Triton kernels compiled · {versions}"
+        f"· {mode} · {versions}"
     )
 
 

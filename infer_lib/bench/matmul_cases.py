@@ -22,7 +22,7 @@ import math
 import torch
 
 from .. import device
-from ..kernels.matmul_kernel import best_config, matmul
+from ..kernels import matmul   # the launcher (importable without Triton)
 from .core import Case
 
 #: dtype → (atol per unit of typical output size, rtol) for ours against cuBLAS
@@ -37,6 +37,7 @@ def _dtypes() -> list[torch.dtype]:
 def _mm_case(kernel: str, label: str, params: dict, M: int, N: int, K: int, dtype: torch.dtype,
              a: torch.Tensor, b: torch.Tensor, out_scale: float) -> Case:
     """``out_scale``: the typical size of an output element (√K for N(0, 1) inputs)."""
+    from ..kernels.matmul_kernel import best_config   # needs Triton: imported where a case is built
     s = dtype.itemsize
     atol, rtol = _TOL[dtype]
     return Case(

@@ -8,13 +8,47 @@ launchers and references under the operations' names:
 ``infer_lib.kernels.softmax_kernel`` the module to read. Configurations,
 shared-memory pruning and the tuned-config cache live in ``_tuning.py``; the
 input checks in ``_checks.py``.
+
+Without Triton (``device.HAS_TRITON`` False: macOS has no Triton wheels) the
+kernel modules and ``_tuning`` cannot be imported, but this package can: it
+exports the PyTorch references under the launchers' names (``_fallback.py``;
+each says so once, with a ``TritonNotInstalledWarning``), and ``TRITON`` is
+False. A chapter cell that needs Triton itself asks ``need_triton(what)``;
+kernel source is shown with ``infer_lib.source.show``, which imports nothing.
 """
 
 from .. import device as _device  # noqa: F401  (TRITON_INTERPRET before triton)
-from .flash_attention_kernel import flash_attention, flash_attention_ref
-from .matmul_kernel import matmul, matmul_ref
-from .matmul_splitk_kernel import matmul_splitk, matmul_splitk_ref
-from .softmax_kernel import softmax, softmax_ref
-from .vector_add_kernel import vector_add, vector_add_ref
+from ._fallback import TritonNotInstalledWarning
 
-__all__ = ["flash_attention", "flash_attention_ref", "matmul", "matmul_ref", "matmul_splitk", "matmul_splitk_ref", "softmax", "softmax_ref", "vector_add", "vector_add_ref"]
+#: True when the launchers are the Triton kernels; False when Triton is not installed
+#: and they run the PyTorch references.
+TRITON: bool = _device.HAS_TRITON
+
+if TRITON:
+    from .flash_attention_kernel import flash_attention, flash_attention_ref
+    from .matmul_kernel import matmul, matmul_ref
+    from .matmul_splitk_kernel import matmul_splitk, matmul_splitk_ref
+    from .softmax_kernel import softmax, softmax_ref
+    from .vector_add_kernel import vector_add, vector_add_ref
+else:
+    from ._fallback import (flash_attention, flash_attention_ref, matmul, matmul_ref, matmul_splitk,  # noqa: F401
+                            matmul_splitk_ref, softmax, softmax_ref, vector_add, vector_add_ref)
+
+
+def need_triton(what: str) -> bool:
+    """True where Triton is installed. Elsewhere print that ``what`` is skipped, and why, and
+    return False — a chapter's guard for a cell that needs Triton itself::
+
+        if kernels.need_triton("the shared memory of a tile configuration"):
+            ...
+    """
+    if not TRITON:
+        print(f"Skipped without Triton: {what}. Triton is not installed here (there are no "
+              "Triton wheels for macOS); the rest of the chapter runs on the PyTorch references. "
+              "On Linux with an NVIDIA GPU, or in Colab, this cell runs.")
+    return TRITON
+
+
+__all__ = ["TRITON", "TritonNotInstalledWarning", "flash_attention", "flash_attention_ref", "matmul",
+           "matmul_ref", "matmul_splitk", "matmul_splitk_ref", "need_triton", "softmax", "softmax_ref",
+           "vector_add", "vector_add_ref"]
