@@ -87,11 +87,20 @@ def test_correct_answer_passes(capsys):
     (0.35, "factor of 1000"),
     (2800, "factor of 8"),
     (376.0, "GiB"),
-    (123, "too small by a factor of 0.351"),
+    (123, "too small — off by less than a factor of 10"),
+    (330, "too small — close, but outside the tolerance"),
 ])
 def test_wrong_answers_get_specific_feedback(answer, hint):
     with pytest.raises(AssertionError, match=hint):
         ex.check_number(answer, 350, name="E", unit="GB")
+
+
+def test_generic_feedback_never_gives_the_ratio():
+    """answer ÷ ratio would be the expected value: only coarse bands are named."""
+    for answer in (123, 330, 5000, 1e-3):
+        with pytest.raises(AssertionError) as err:
+            ex.check_number(answer, 350, name="E", unit="GB")
+        assert "350" not in str(err.value) and "0.351" not in str(err.value)
 
 
 def test_author_mistakes_come_first():

@@ -114,8 +114,12 @@ def check_number(answer, expected: float, *, name: str, unit: str = "", rel: flo
             if math.isclose(ratio, factor, rel_tol=max(rel, 0.02)):
                 raise AssertionError(f"{name}: {answer:g}{u} is {hint}.")
         direction = "too large" if ratio > 1 else "too small"
-        raise AssertionError(f"{name}: {answer:g}{u} is {direction} by a factor of {ratio:.3g} "
-                             f"(tolerance ±{rel:.0%}). Recheck each factor of the formula and its units.")
+        # How far off, in coarse bands only: the exact ratio would give the answer away.
+        spread = max(ratio, 1 / ratio) if ratio > 0 else math.inf
+        band = ("close, but outside the tolerance" if spread < 1.5 else
+                "off by less than a factor of 10" if spread < 10 else "off by more than a factor of 10")
+        raise AssertionError(f"{name}: {answer:g}{u} is {direction} — {band} (tolerance ±{rel:.0%}). "
+                             "Recheck each factor of the formula and its units.")
     raise AssertionError(f"{name}: got {answer:g}{u}, which is not within ±{rel:.0%} of the expected value.")
 
 
