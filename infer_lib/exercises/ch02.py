@@ -102,8 +102,8 @@ def linear_bound(a100_80gb_answer, a100_40gb_answer) -> None:
     if right == len(BOUND_GPUS):
         balances = ", ".join(f"{roofline.machine_balance(hardware.SPECS[k], DTYPE):.0f} on the "
                              f"{hardware.SPECS[k].name}" for k in BOUND_GPUS)
-        print(f"   The layer does {op.intensity:.0f} FLOP/byte; the bf16 ridges are {balances}:\n"
-              "   same chip and peak, different HBM.")
+        print(f"   The layer does {op.intensity:.0f} FLOP/byte; the bf16 ridges are\n   {balances}: "
+              "same chip and peak, different HBM.")
 
 
 def _swiglu_bytes() -> tuple[float, float]:
