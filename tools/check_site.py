@@ -30,7 +30,7 @@ without network) and JavaScript errors of the page.
 
 It prints one report per page and exits 1 if any check failed (2 if it could not
 run). ``--allow-visible-solution-outputs`` turns the "solution output visible" check
-into a warning (report-only) while the chapters do not hide solution outputs yet.
+into a warning (report-only), e.g. for a chapter in progress; CI does not use it.
 Only the standard library is used.
 """
 from __future__ import annotations
