@@ -19,6 +19,8 @@ import torch
 
 from .. import roofline
 from ..experiments import attention_sweep
+import textwrap
+
 from . import _not_attempted, check_choice, check_function, check_number
 
 # Exercise 4.1: naive attention, non-causal
@@ -43,6 +45,13 @@ REL = 0.02
 REL_ONLINE = 0.01
 
 
+def _wrap(name: str, text: str) -> str:
+    """``text`` wrapped so that the success line ``✅ <name>: correct. <text>`` stays within 100
+    characters a line."""
+    lead = f"✅ {name}: correct. "
+    return textwrap.fill(lead + text, 100, subsequent_indent="  ")[len(lead):]
+
+
 def _number(answer, expected, *, name, unit="", rel=REL, mistakes=(), explain=""):
     """``check_number``, but a wrong answer that matches no known slip is told only whether it
     is too large or too small: the generic message's ratio to the expected value would give the
@@ -50,7 +59,7 @@ def _number(answer, expected, *, name, unit="", rel=REL, mistakes=(), explain=""
     __tracebackhide__ = True
     try:
         return check_number(answer, expected, name=name, unit=unit, rel=rel, mistakes=mistakes,
-                            explain=explain)
+                            explain=_wrap(name, explain))
     except AssertionError as err:
         if "by a factor of" not in str(err) and "not within" not in str(err):
             raise                               # a named slip: its hint stands
@@ -166,8 +175,8 @@ def causal_tiles(skipped, masked) -> None:
                               "sizes and this offset, how many key tiles lie between?",
     })
     check_choice(masked, counts["masked"], name="Exercise 4.3 (masked)", options=options, why=why_masked,
-                 explain=f"Of {total} pairs, {counts['full']} run without a mask, {counts['masked']} with "
-                         f"it and {counts['skipped']} not at all.")
+                 explain=_wrap("Exercise 4.3 (masked)", f"Of {total} pairs, {counts['full']} run without a mask, {counts['masked']} with "
+                         f"it and {counts['skipped']} not at all."))
 
 
 # --- 4.4 ---------------------------------------------------------------------------------
@@ -326,5 +335,6 @@ def online_softmax_step(fn) -> bool:
     return check_function(lambda *a: torch.stack(tuple(_as_pair(fn(*a), name))),
                           lambda *a: torch.stack(_online_softmax_step_ref(*a)), cases, name=name,
                           atol=1e-5, rtol=1e-4,
-                          explain="The kernel does the same per tile, with exp2 and a third running "
-                                  "quantity, the output accumulator, rescaled by the same factor.")
+                          explain=_wrap(name, "The kernel does the same per tile, with exp2 and a third "
+                                              "running quantity, the output accumulator, rescaled by "
+                                              "the same factor."))
