@@ -26,7 +26,8 @@ network. For each page it checks:
 - no CDN: no MathJax script from outside the site named in the HTML or requested.
 
 Warnings (reported, never failed): other requests that leave 127.0.0.1 (they fail
-without network) and JavaScript errors of the page.
+without network), JavaScript errors of the page, and display formulas wider than the
+text column (in a 1280 px window).
 
 It prints one report per page and exits 1 if any check failed (2 if it could not
 run). ``--allow-visible-solution-outputs`` turns the "solution output visible" check
@@ -372,6 +373,12 @@ PAGE_CHECK_JS = r"""
   out.math.containers = document.querySelectorAll('mjx-container').length;
   out.math.untypeset = sources.filter((el) => !el.querySelector('mjx-container'))
                               .map((el) => el.textContent.trim().slice(0, 160));
+  // Display formulas wider than the text column scroll sideways (at the window's width).
+  out.math.wide = Array.from(document.querySelectorAll('mjx-container[display="true"]')).map((c) => {
+    const box = c.closest('.math') || c.parentElement;
+    const mml = c.querySelector('mjx-assistive-mml');
+    return {width: c.scrollWidth, column: box.clientWidth, text: (mml || c).textContent.slice(0, 80)};
+  }).filter((w) => w.width > w.column + 1);
   out.math.errorNodes = Array.from(document.querySelectorAll('mjx-merror, [data-mjx-error]'))
                               .map((el) => el.getAttribute('data-mjx-error') || el.textContent.slice(0, 120));
   // The typeset formulas themselves: errors, undefined macros (red \name), literal TeX in \text{}.
@@ -534,6 +541,9 @@ def judge(result: dict, page: str, report: PageReport, allow_solution_outputs: b
         if key not in seen:
             seen.add(key)
             report.fail(f"math: {p['what']} in  {short(p['tex'], 140)}")
+    for w in math.get("wide", []):
+        report.warn(f"math: a display formula is {w['width']} px wide in a {w['column']} px column "
+                    f"(it scrolls sideways; split it over lines): {short(w['text'], 70)}")
     for text in result.get("rawTex", []):
         for m in RAW_TEX.finditer(text):
             a, b = max(0, m.start() - 50), min(len(text), m.end() + 50)
