@@ -53,9 +53,8 @@ def _wrap(name: str, text: str) -> str:
 
 
 def _number(answer, expected, *, name, unit="", rel=REL, mistakes=(), explain=""):
-    """``check_number``, but a wrong answer that matches no known slip is told only whether it
-    is too large or too small: the generic message's ratio to the expected value would give the
-    answer away."""
+    """``check_number``, but should a generic message state the ratio to the expected value
+    (which gives the answer away), only whether the answer is too large or too small is kept."""
     __tracebackhide__ = True
     try:
         return check_number(answer, expected, name=name, unit=unit, rel=rel, mistakes=mistakes,
