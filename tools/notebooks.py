@@ -35,8 +35,9 @@ MIN_EXERCISES = 3
 
 #: Chapters (file names) that must have a coding exercise: a cell tagged ``exercise`` and ``coding``
 #: whose stub function raises ``NotImplementedError`` and whose check uses ``check_function``.
-#: Empty for now: the chapters get their coding exercises next; add each chapter as it does.
-CODING_EXERCISE_REQUIRED: list[str] = []
+#: Every chapter has one; a new chapter is added here with its first coding exercise.
+CODING_EXERCISE_REQUIRED: list[str] = ["01_gpu_architecture.ipynb", "02_bottlenecks_and_roofline.ipynb",
+                                        "03_linear_layer.ipynb", "04_attention.ipynb"]
 
 #: The first line of every solution cell: Colab shows a form cell as this title, its code folded.
 SOLUTION_TITLE = "#@title Solution (double-click to show)"
