@@ -195,14 +195,19 @@ ch01.{check}(my_softmax)'''
 
 
 def test_coding_exercise_check_can_be_switched_on_per_chapter(monkeypatch):
-    """Every chapter listed in CODING_EXERCISE_REQUIRED needs a cell tagged exercise and coding.
-    (The list is empty until the chapters get their coding exercises.)"""
+    """Every chapter listed in CODING_EXERCISE_REQUIRED needs a cell tagged exercise and coding."""
     path = CHAPTERS[0]
     monkeypatch.setattr(notebooks, "CODING_EXERCISE_REQUIRED", [path.name])
-    assert "no coding exercise" in "\n".join(notebooks.problems(path))
+    assert "no coding exercise" not in "\n".join(notebooks.problems(path))
+
+    def without_coding(nb):
+        nb.cells = [c for c in nb.cells if "coding" not in c.get("metadata", {}).get("tags", [])]
+
+    assert "no coding exercise" in _broken_with_required(path, without_coding)
 
     def coding(check):
         def add(nb):
+            without_coding(nb)
             nb.cells.append(nbformat.v4.new_code_cell(CODING_STUB.format(check=check),
                                                       metadata={"tags": ["exercise", "coding"]}))
         return add
