@@ -8,8 +8,28 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from infer_lib.model import PRESETS, ModelConfig, Transformer, config_from_hf, config_to_hf, from_pretrained, \
-    save_pretrained
+from infer_lib import device
+
+from infer_lib.model import PRESETS, ModelConfig, Transformer, config_from_hf, config_to_hf, save_pretrained
+from infer_lib.model import from_pretrained as _from_pretrained
+
+DEV = device.DEVICE
+
+
+def from_pretrained(path, **kwargs):
+    return _from_pretrained(path, device=DEV, **kwargs)
+
+
+@pytest.fixture(autouse=True)
+def _tensors_on_the_gpu_if_any():
+    """On a GPU machine every tensor these tests make is made there (the compiled Triton
+    kernels refuse CPU tensors); on the CPU nothing changes."""
+    if not device.HAS_GPU:
+        yield
+        return
+    torch.set_default_device(device.DEVICE)
+    yield
+    torch.set_default_device(None)
 
 
 def random_model(name: str, seed: int = 0) -> Transformer:
@@ -66,7 +86,7 @@ def test_dtype_and_backend(tmp_path):
     loaded = from_pretrained(tmp_path, dtype=torch.bfloat16, backend="reference")
     assert {p.dtype for p in loaded.parameters()} == {torch.bfloat16}
     assert loaded.backend == "reference"
-    assert loaded.rope_cos.dtype == torch.float32 and loaded.rope_cos.device.type == "cpu"
+    assert loaded.rope_cos.dtype == torch.float32 and loaded.rope_cos.device.type == DEV.type
     assert loaded(torch.tensor([[1, 2, 3]])).dtype == torch.bfloat16
 
 
@@ -95,7 +115,7 @@ def test_misshaped_tensor_is_named_with_both_shapes(tmp_path):
     save_pretrained(random_model("tiny"), tmp_path)     # H_kv·D = 32 rows of k_proj
 
     def change(t):
-        t["model.layers.0.self_attn.k_proj.weight"] = torch.randn(64, 64)
+        t["model.layers.0.self_attn.k_proj.weight"] = torch.randn(64, 64, device="cpu")
     _rewrite(tmp_path, change)
     with pytest.raises(ValueError, match=r"model\.layers\.0\.self_attn\.k_proj\.weight has shape "
                                          r"\(64, 64\), expected \(32, 64\)"):
@@ -107,12 +127,12 @@ def test_unexpected_tensor_is_named_and_known_extras_are_ignored(tmp_path):
     save_pretrained(model, tmp_path)
 
     def extras(t):   # what older or tied checkpoints carry: ignored
-        t["model.layers.0.self_attn.rotary_emb.inv_freq"] = torch.randn(8)
+        t["model.layers.0.self_attn.rotary_emb.inv_freq"] = torch.randn(8, device="cpu")
         t["lm_head.weight"] = t["model.embed_tokens.weight"].clone()
     _rewrite(tmp_path, extras)
     assert_same_weights(model, from_pretrained(tmp_path))
 
-    _rewrite(tmp_path, lambda t: t.update({"model.layers.0.self_attn.q_proj.bias": torch.randn(64)}))
+    _rewrite(tmp_path, lambda t: t.update({"model.layers.0.self_attn.q_proj.bias": torch.randn(64, device="cpu")}))
     with pytest.raises(ValueError, match=r"unexpected tensors .*model\.layers\.0\.self_attn\.q_proj\.bias"):
         from_pretrained(tmp_path)
 

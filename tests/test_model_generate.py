@@ -13,6 +13,19 @@ from infer_lib.model import layers
 
 ATOL, RTOL = 1e-5, 1e-5          # fp32 (tests/conftest.py: TOLERANCES)
 NEEDS_TRITON = pytest.mark.skipif(not getattr(device, "HAS_TRITON", True), reason="Triton is not installed")
+GPU_ONLY = pytest.mark.skipif(not device.HAS_GPU, reason="CUDA graphs and 16-bit kernels only on a GPU")
+
+
+@pytest.fixture(autouse=True)
+def _tensors_on_the_gpu_if_any():
+    """On a GPU machine every tensor these tests make is made there (the compiled Triton
+    kernels refuse CPU tensors); on the CPU nothing changes."""
+    if not device.HAS_GPU:
+        yield
+        return
+    torch.set_default_device(device.DEVICE)
+    yield
+    torch.set_default_device(None)
 
 
 def random_model(name: str, backend: str = "sdpa", seed: int = 0) -> Transformer:
@@ -162,7 +175,7 @@ def test_sampling():
     logits = torch.randn(4, 50)
     assert torch.equal(sample(logits), logits.argmax(-1))
     assert torch.equal(sample(logits, temperature=1.0, top_k=1), logits.argmax(-1))
-    g1, g2 = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+    g1, g2 = torch.Generator(device.DEVICE).manual_seed(1), torch.Generator(device.DEVICE).manual_seed(1)
     assert torch.equal(sample(logits, 0.8, generator=g1), sample(logits, 0.8, generator=g2))
     top3 = logits.topk(3).indices
     draws = torch.stack([sample(logits, 5.0, top_k=3) for _ in range(50)], dim=1)   # (4, 50)
@@ -176,8 +189,8 @@ def test_sampling():
 def test_sampled_generation_is_reproducible():
     model = random_model("tiny")
     tokens = torch.randint(0, 256, (2, 4))
-    a = generate(model, tokens, 5, temperature=1.0, top_k=20, generator=torch.Generator().manual_seed(3))
-    b = generate(model, tokens, 5, temperature=1.0, top_k=20, generator=torch.Generator().manual_seed(3))
+    a = generate(model, tokens, 5, temperature=1.0, top_k=20, generator=torch.Generator(device.DEVICE).manual_seed(3))
+    b = generate(model, tokens, 5, temperature=1.0, top_k=20, generator=torch.Generator(device.DEVICE).manual_seed(3))
     assert torch.equal(a, b) and torch.equal(a[:, :4], tokens)
 
 
@@ -274,3 +287,64 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match="prompt 1 must be a non-empty 1-D tensor"):
         generate(model, [torch.tensor([1, 2]), torch.tensor([], dtype=torch.int64)], 2)
     assert torch.equal(generate(model, torch.tensor([[7, 8]]), 0), torch.tensor([[7, 8]]))
+
+
+# -- on a GPU: CUDA graphs, 16-bit, real shapes ------------------------------------------------
+
+
+@GPU_ONLY
+def test_a_decode_step_captures_in_a_cuda_graph():
+    """Static shapes: one decode step (SDPA backend) captured once, replayed per token,
+    gives the eager logits and advances the cache lengths in place."""
+    model = random_model("tiny", "sdpa")
+    prompts = [torch.randint(0, 256, (n,)) for n in (5, 3)]
+    eager_cache, graph_cache = KVCache(model.config, 2, 16), KVCache(model.config, 2, 16)
+    token = prefill(model, prompts, eager_cache).argmax(-1)
+    prefill(model, prompts, graph_cache)
+    static_token = token.clone()
+    lengths = graph_cache.seqlens.clone()
+    side = torch.cuda.Stream()                      # warm-up off the capture stream, as CUDA graphs want
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        decode_one_token(model, static_token, graph_cache)
+    torch.cuda.current_stream().wait_stream(side)
+    graph_cache.seqlens.copy_(lengths)              # undo the warm-up's step
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_logits = decode_one_token(model, static_token, graph_cache)
+    assert graph_cache.seqlens.tolist() == [5, 3]   # capturing runs nothing
+    for step in range(4):
+        expected = decode_one_token(model, token, eager_cache)
+        static_token.copy_(token)
+        graph.replay()
+        torch.testing.assert_close(static_logits, expected, atol=ATOL, rtol=RTOL,
+                                   msg=lambda m: f"step {step}: {m}")
+        token = expected.argmax(-1)
+    assert graph_cache.seqlens.tolist() == eager_cache.seqlens.tolist() == [9, 7]
+
+
+def _teacher_forced_logits(model, tokens, n_prompt):
+    """Logits of a prefill of tokens[:, :n_prompt], then of decode steps feeding the rest."""
+    cache = KVCache(model.config, tokens.shape[0], tokens.shape[1], dtype=model.embed_tokens.weight.dtype)
+    out = [prefill(model, tokens[:, :n_prompt], cache)]
+    out += [decode_one_token(model, tokens[:, i], cache) for i in range(n_prompt, tokens.shape[1])]
+    return torch.stack(out, dim=1).float()                                  # (B, steps, V)
+
+
+@GPU_ONLY
+@pytest.mark.parametrize("name, S", [("tiny-mqa", 40), ("smollm2-135m", 300)])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_backends_agree_in_16_bit_on_real_shapes(name, S, dtype):
+    # SmolLM2-135M's shape: H = 9 query heads over H_kv = 3, D = 64, random weights
+    torch.manual_seed(0)
+    model = Transformer(PRESETS[name], backend="reference").to(dtype).eval().requires_grad_(False)
+    tokens = torch.randint(0, model.config.vocab_size, (3, S))
+    expected = _teacher_forced_logits(model, tokens, S - 8)
+    uncached = model(tokens).float()
+    scale = expected.abs().max()
+    for backend in ("sdpa", "triton"):
+        model.backend = backend
+        got = _teacher_forced_logits(model, tokens, S - 8)
+        torch.testing.assert_close(got, expected, atol=2e-2 * scale, rtol=0, msg=lambda m: f"{backend}: {m}")
+        torch.testing.assert_close(model(tokens).float(), uncached, atol=2e-2 * scale, rtol=0,
+                                   msg=lambda m: f"{backend}, uncached: {m}")

@@ -297,7 +297,10 @@ class Transformer(nn.Module):
     def __init__(self, config: ModelConfig, backend: str = "sdpa"):
         super().__init__()
         self.config = config
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.dim)
+        # N(0, 1) as nn.Embedding initialises itself, but drawn with randn: its normal_ on the
+        # meta device (where from_pretrained builds) imports torch._dynamo, ~10 s (torch 2.13)
+        self.embed_tokens = nn.Embedding.from_pretrained(torch.randn(config.vocab_size, config.dim),
+                                                         freeze=False)
         self.layers = nn.ModuleList(Block(config, i, backend) for i in range(config.n_layers))
         self.norm = RMSNorm(config.dim, config.norm_eps)
         self.lm_head = nn.Linear(config.dim, config.vocab_size, bias=False)
@@ -309,7 +312,9 @@ class Transformer(nn.Module):
         """(Re)compute the RoPE tables on ``device`` (default: the embedding's): after
         loading weights onto a model built on the ``meta`` device."""
         device = self.embed_tokens.weight.device if device is None else device
-        cos, sin = rope_tables(self.config, device)                 # (max_seq_len, D) fp32
+        # computed on the CPU, then moved: the same tables on every device (GPU pow and
+        # cos may round differently in the last bit)
+        cos, sin = (t.to(device) for t in rope_tables(self.config, "cpu"))   # (max_seq_len, D) fp32
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
 
