@@ -5,7 +5,9 @@ files and the rest of the package. Without Triton: ``tests/test_without_triton.p
 import ast
 import importlib
 import inspect
+import os
 import pkgutil
+import time
 from importlib import resources
 
 import pytest
@@ -75,11 +77,19 @@ def _package_modules():
     return names
 
 
+#: files edited after this (by someone working beside the test run) no longer match their
+#: imported code, whose line numbers inspect.getsource uses
+_SESSION_START = time.time()
+
+
 @pytest.mark.parametrize("name", _package_modules())
 def test_every_definition_of_the_package_equals_inspect(name):
     module = importlib.import_module(name)
     for obj_name, obj in _definitions(module):
-        assert source.get(name, obj_name) == inspect.getsource(obj), (name, obj_name)
+        got, expected = source.get(name, obj_name), inspect.getsource(obj)
+        if got != expected and os.path.getmtime(module.__file__) > _SESSION_START:
+            pytest.skip(f"{module.__file__} was edited during the test run")
+        assert got == expected, (name, obj_name)
 
 
 @NEEDS_TRITON
