@@ -6,18 +6,20 @@ computes ``softmax_ref(x)`` and says so once (``TritonNotInstalledWarning``). Th
 the references, not the kernels: nothing here is fast, and nothing here is what a
 chapter measures.
 
-The ``<op>_ref`` functions are the very text of those in ``<op>_kernel.py`` (fp32
-inside, cast back; NaN and ±inf as there), copied because those modules import
-Triton; ``tests/test_without_triton.py`` checks, with ``infer_lib.source``, that the
-copies have not drifted. This module imports no Triton.
+The ``<op>_ref`` functions are those of ``<op>_kernel.py`` (fp32 inside, cast back;
+NaN and ±inf as there). Those modules import Triton, so their references are read
+from the files and compiled here from that text: one copy, which cannot drift. This module imports no Triton.
 """
 
 from __future__ import annotations
 
+import ast
 import warnings
+from importlib import resources
 
 import torch
 
+from .. import source
 from ..reference import attention_ref
 
 
@@ -47,38 +49,25 @@ def _no_config(op: str, config) -> None:
 # The references, as in the kernel files
 # ----------------------------------------------------------------------------
 
-def vector_add_ref(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Plain PyTorch reference, computed in fp32 and cast back."""
-    return (x.float() + y.float()).to(x.dtype)
+def _references() -> dict:
+    """``<op>_ref`` of each kernel file, compiled from that file's own statement (the file
+    name and line numbers kept, so tracebacks and ``inspect.getsource`` point there)."""
+    namespace = {"torch": torch, "attention_ref": attention_ref}
+    for op in ("vector_add", "softmax", "matmul", "matmul_splitk", "flash_attention"):
+        path = resources.files("infer_lib") / "kernels" / f"{op}_kernel.py"
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        node = next(n for n in tree.body if f"{op}_ref" in source._defined(n))
+        namespace["__name__"] = f"infer_lib.kernels.{op}_kernel"     # where it is defined
+        exec(compile(ast.Module(body=[node], type_ignores=[]), str(path), "exec"), namespace)
+    return namespace
 
 
-def softmax_ref(x: torch.Tensor) -> torch.Tensor:
-    """Softmax over the last dim in fp32, cast back; NaN and ±inf behave as in ``torch.softmax``."""
-    xf = x.float()
-    m = xf.amax(dim=-1, keepdim=True)               # NaN if the row holds NaN (amax propagates it)
-    e = torch.exp(xf - m)                           # all-(-inf) row or +inf entry: NaN, as torch
-    s = e.sum(dim=-1, keepdim=True)                 # in [1, n] for a row with a finite maximum
-    return (e / s).to(x.dtype)
-
-
-def matmul_ref(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Plain PyTorch reference: the product computed in fp32, cast back to the input type."""
-    return (a.float() @ b.float()).to(a.dtype)
-
-
-#: The reference is the one of ``matmul``: the product in fp32, cast back.
-matmul_splitk_ref = matmul_ref
-
-
-def flash_attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False,
-                        sm_scale: float | None = None) -> torch.Tensor:
-    """What ``flash_attention`` computes, in plain PyTorch (fp32 inside, cast back to q's dtype).
-
-    ``infer_lib.reference.attention_ref``: the bottom-right causal mask, GQA by
-    indexing, zeros for a query that sees no key, and NaN/±inf as in the module
-    docstring — SDPA's math backend applied to the keys each query sees.
-    """
-    return attention_ref(q, k, v, causal=causal, sm_scale=sm_scale)
+_refs = _references()
+vector_add_ref = _refs["vector_add_ref"]
+softmax_ref = _refs["softmax_ref"]
+matmul_ref = _refs["matmul_ref"]
+matmul_splitk_ref = _refs["matmul_splitk_ref"]
+flash_attention_ref = _refs["flash_attention_ref"]
 
 
 # ----------------------------------------------------------------------------
