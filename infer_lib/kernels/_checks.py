@@ -46,3 +46,24 @@ def check_same(op: str, **tensors) -> None:
         if t.dtype != t0.dtype:
             raise TypeError(f"{op}: {n0} is {device.dtype_name(t0.dtype)} but {n} is "
                             f"{device.dtype_name(t.dtype)}; cast them to one dtype")
+
+
+def check_bf16_supported(op: str, t: torch.Tensor) -> None:
+    """bfloat16 needs the tensor cores of compute capability 8.0 (Ampere) or newer."""
+    if t.dtype == torch.bfloat16 and not device.supports_bf16():
+        cap = device.capability()
+        raise TypeError(f"{op}: bfloat16 needs tensor cores of compute capability 8.0 or newer and "
+                        f"this GPU is sm_{cap[0]}{cap[1]}; use float16")
+
+
+def check_matmul_operands(op: str, a, b) -> tuple[int, int, int]:
+    """``a (M, K)`` and ``b (K, N)``: 2-D, one dtype and device, inner dimensions equal.
+    Returns ``(M, K, N)``."""
+    check_tensor(op, "a", a, ndim=2)
+    check_tensor(op, "b", b, ndim=2)
+    check_same(op, a=a, b=b)
+    (M, K), (K_b, N) = a.shape, b.shape
+    if K != K_b:
+        raise ValueError(f"{op}: a is (M, K)={tuple(a.shape)} but b is {tuple(b.shape)}: "
+                         f"a.shape[1] must equal b.shape[0]")
+    return M, K, N

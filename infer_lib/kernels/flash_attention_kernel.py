@@ -79,7 +79,7 @@ import triton.language as tl
 from .. import device
 from ..reference import attention_ref
 from . import _tuning
-from ._checks import check_tensor
+from ._checks import check_bf16_supported, check_tensor
 
 #: log2(e): exp(x) = exp2(x · LOG2E)
 LOG2E = 1.4426950408889634
@@ -262,9 +262,7 @@ def _check_inputs(q, k, v, sm_scale) -> None:
         raise ValueError(f"{op}: H={H} query heads is not a multiple of H_kv={H_kv} key/value heads")
     if D not in SUPPORTED_HEAD_DIMS:
         raise ValueError(f"{op}: head dim D={D} unsupported: use a power of two from 16 to 128")
-    if q.dtype == torch.bfloat16 and not device.supports_bf16():
-        raise TypeError(f"{op}: bfloat16 needs compute capability 8.0 or newer and this GPU is "
-                        f"sm_{''.join(map(str, device.capability()))}; use float16")
+    check_bf16_supported(op, q)
     if sm_scale is not None:
         if isinstance(sm_scale, bool) or not isinstance(sm_scale, numbers.Real):
             hint = " (a tensor: pass sm_scale.item())" if isinstance(sm_scale, torch.Tensor) else ""

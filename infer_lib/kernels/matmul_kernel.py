@@ -81,7 +81,7 @@ import triton.language as tl
 
 from .. import device
 from . import _tuning
-from ._checks import check_same, check_tensor
+from ._checks import check_bf16_supported, check_matmul_operands
 
 
 def matmul_ref(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -197,22 +197,13 @@ def matmul(a: torch.Tensor, b: torch.Tensor, *, config: triton.Config | None = N
     Inputs that require grad raise ``RuntimeError`` while grad mode is on (there
     is no backward pass); call it under ``torch.no_grad()``.
     """
-    check_tensor("matmul", "a", a, ndim=2)
-    check_tensor("matmul", "b", b, ndim=2)
-    check_same("matmul", a=a, b=b)
+    M, K, N = check_matmul_operands("matmul", a, b)
     if a.is_cuda and a.device.index != torch.cuda.current_device():
         # Triton launches on the current device, not on the tensors' one: a kernel
         # on cuda:0 would read cuda:1's memory unordered with cuda:1's stream.
         with torch.cuda.device(a.device):
             return matmul(a, b, config=config)
-    if a.dtype == torch.bfloat16 and not device.supports_bf16():
-        cap = device.capability()
-        raise TypeError(f"matmul: bfloat16 needs tensor cores of compute capability 8.0 or newer and "
-                        f"this GPU is sm_{cap[0]}{cap[1]}; use float16")
-    (M, K), (K_b, N) = a.shape, b.shape
-    if K != K_b:
-        raise ValueError(f"matmul: a is (M, K)={tuple(a.shape)} but b is {tuple(b.shape)}: "
-                         f"a.shape[1] must equal b.shape[0]")
+    check_bf16_supported("matmul", a)
     if config is not None:
         _tuning.check_config("matmul", config, _tuning.MATMUL_BLOCKS, _tuning.MATMUL_COUNTS)
     c = torch.empty((M, N), device=a.device, dtype=a.dtype)

@@ -49,9 +49,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .. import device
 from . import _tuning
-from ._checks import check_same, check_tensor
+from ._checks import check_bf16_supported, check_matmul_operands
 from .matmul_kernel import _kernel_flags, matmul_ref
 
 #: The reference is the one of ``matmul``: the product in fp32, cast back.
@@ -148,21 +147,12 @@ def matmul_splitk(a: torch.Tensor, b: torch.Tensor, *, config: triton.Config | N
     ``num_stages``. Launches on one stream at a time per device: the tile counters
     are shared.
     """
-    check_tensor("matmul_splitk", "a", a, ndim=2)
-    check_tensor("matmul_splitk", "b", b, ndim=2)
-    check_same("matmul_splitk", a=a, b=b)
+    M, K, N = check_matmul_operands("matmul_splitk", a, b)
     if a.is_cuda and a.device.index != torch.cuda.current_device():
         # Triton launches on the current device, not on the tensors' one.
         with torch.cuda.device(a.device):
             return matmul_splitk(a, b, config=config)
-    if a.dtype == torch.bfloat16 and not device.supports_bf16():
-        cap = device.capability()
-        raise TypeError(f"matmul_splitk: bfloat16 needs tensor cores of compute capability 8.0 or newer "
-                        f"and this GPU is sm_{cap[0]}{cap[1]}; use float16")
-    (M, K), (K_b, N) = a.shape, b.shape
-    if K != K_b:
-        raise ValueError(f"matmul_splitk: a is (M, K)={tuple(a.shape)} but b is {tuple(b.shape)}: "
-                         f"a.shape[1] must equal b.shape[0]")
+    check_bf16_supported("matmul_splitk", a)
     if config is not None:
         _tuning.check_config("matmul_splitk", config, _tuning.SPLITK_BLOCKS, _tuning.SPLITK_COUNTS)
     c = torch.empty((M, N), device=a.device, dtype=a.dtype)
