@@ -79,3 +79,15 @@ def poisoned_outputs(monkeypatch):
 
     monkeypatch.setattr(torch, "empty", empty)
     monkeypatch.setattr(torch, "empty_like", empty_like)
+
+
+@pytest.fixture
+def tensors_on_the_gpu_if_any():
+    """On a GPU machine every tensor a test makes is made there (the compiled Triton
+    kernels refuse CPU tensors); on the CPU nothing changes."""
+    if not device.HAS_GPU:
+        yield
+        return
+    torch.set_default_device(device.DEVICE)
+    yield
+    torch.set_default_device(None)

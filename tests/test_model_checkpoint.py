@@ -20,16 +20,7 @@ def from_pretrained(path, **kwargs):
     return _from_pretrained(path, device=DEV, **kwargs)
 
 
-@pytest.fixture(autouse=True)
-def _tensors_on_the_gpu_if_any():
-    """On a GPU machine every tensor these tests make is made there (the compiled Triton
-    kernels refuse CPU tensors); on the CPU nothing changes."""
-    if not device.HAS_GPU:
-        yield
-        return
-    torch.set_default_device(device.DEVICE)
-    yield
-    torch.set_default_device(None)
+pytestmark = pytest.mark.usefixtures("tensors_on_the_gpu_if_any")
 
 
 def random_model(name: str, seed: int = 0) -> Transformer:

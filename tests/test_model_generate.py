@@ -16,16 +16,7 @@ NEEDS_TRITON = pytest.mark.skipif(not getattr(device, "HAS_TRITON", True), reaso
 GPU_ONLY = pytest.mark.skipif(not device.HAS_GPU, reason="CUDA graphs and 16-bit kernels only on a GPU")
 
 
-@pytest.fixture(autouse=True)
-def _tensors_on_the_gpu_if_any():
-    """On a GPU machine every tensor these tests make is made there (the compiled Triton
-    kernels refuse CPU tensors); on the CPU nothing changes."""
-    if not device.HAS_GPU:
-        yield
-        return
-    torch.set_default_device(device.DEVICE)
-    yield
-    torch.set_default_device(None)
+pytestmark = pytest.mark.usefixtures("tensors_on_the_gpu_if_any")
 
 
 def random_model(name: str, backend: str = "sdpa", seed: int = 0) -> Transformer:
