@@ -15,6 +15,7 @@ Typical use::
 
 from __future__ import annotations
 
+import textwrap
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -113,3 +114,9 @@ def bytes_formatter(ax, axis: str = "x"):
 
     getattr(ax, f"{axis}axis").set_major_formatter(FuncFormatter(lambda v, _pos: measure.format_bytes(v)))
     return ax
+
+
+def say(*parts: str, sep: str = " ", width: int = 100) -> None:
+    """Print ``parts`` joined by ``sep``, wrapped to ``width`` characters (the chapters'
+    result lines), continuation lines indented."""
+    print(textwrap.fill(sep.join(parts), width, subsequent_indent="  ", break_on_hyphens=False))

@@ -33,3 +33,13 @@ def test_bytes_formatter_writes_sizes_as_measure_does():
     for v in (512, 4096, 3 * 2**20, 2**31):
         assert fmt(v, 0) == measure.format_bytes(v)
     assert fmt(2**30, 0) == "1 GiB"
+
+
+def test_say_joins_and_wraps(capsys):
+    from infer_lib import plotting
+
+    plotting.say("a" * 60, "b" * 60)
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and all(len(line) <= 100 for line in lines) and lines[1].startswith("  b")
+    plotting.say("x = ", "1", sep="")
+    assert capsys.readouterr().out == "x = 1\n"
