@@ -126,14 +126,13 @@ def _attn_fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn,
             s = tl.where(visible, s, float("-inf"))
         # Online softmax in base 2: scores scaled by sm_scale·log2(e) (> 0, so
         # the max of the scaled scores is the scaled max).
+        # m starts at the most negative finite float, not -inf: a row whose
+        # scores so far are all -inf (masked, or from an infinite key) keeps
+        # that finite m, so p and alpha are exp2(-inf) = 0 and exp2(0) = 1
+        # rather than exp2(-inf - (-inf)) = NaN, with no test in the loop.
         m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
-        # A row whose scores so far are all -inf (masked, or -inf from an
-        # infinite key) keeps m = -inf: shift it by 0 instead, so that p and
-        # alpha are exp2(-inf) = 0 rather than exp2(-inf - (-inf)) = NaN. Needed
-        # in the unmasked tiles too; a where on (BLOCK_M,) values per tile is free.
-        m_shift = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.exp2(s * qk_scale - m_shift[:, None])              # (BLOCK_M, BLOCK_N)
-        alpha = tl.exp2(m_i - m_shift)                            # rescales the old l and acc
+        p = tl.exp2(s * qk_scale - m_new[:, None])                # (BLOCK_M, BLOCK_N)
+        alpha = tl.exp2(m_i - m_new)                              # rescales the old l and acc
         l_i = l_i * alpha + tl.sum(p, 1)
         acc = acc * alpha[:, None]
         if MASKED:
@@ -193,7 +192,9 @@ def _flash_attention_kernel(
         # 3.7.1, 2026-11-26, https://github.com/triton-lang/triton/issues/11584):
         # on the CPU, run both matmuls in fp32.
         q = q.to(tl.float32)
-    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)          # running max (base-2 units)
+    # running max (base-2 units), from -FLT_MAX: every finite score is >= it, so it
+    # only stays there while a row has seen nothing but -inf (see the loop)
+    m_i = tl.full([BLOCK_M], -3.4028234663852886e38, tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)                         # running sum
     acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)               # running output
 
