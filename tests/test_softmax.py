@@ -12,14 +12,17 @@ INF, NAN = float("inf"), float("nan")
 ONLINE_BLOCK = _tuning.SOFTMAX_ONLINE.kwargs["BLOCK"]   # entries per step of the online kernel's loop
 
 ONE_ROW, SEVERAL_ROWS, ONLINE = "one row per tile", "several rows per tile", "online"
+PERSISTENT = "persistent, one row per step"
 
 
 def _path(width: int, dtype: torch.dtype) -> str:
     """Which kernel (and tiling) ``softmax`` runs for rows of this width, as the launcher decides."""
     if width > MAX_FUSED_BLOCK:
         return ONLINE
-    rows = _tuning.softmax_config(width, torch.finfo(dtype).bits // 8).kwargs["ROWS"]
-    return ONE_ROW if rows == 1 else SEVERAL_ROWS
+    cfg = _tuning.softmax_config(width, torch.finfo(dtype).bits // 8)
+    if cfg.num_stages > 1:
+        return PERSISTENT
+    return ONE_ROW if cfg.kwargs["ROWS"] == 1 else SEVERAL_ROWS
 
 
 def _first_width(path: str, candidates=(213, 257, 423, 1001, 5001, 20001, 32769, 40001)) -> int:
@@ -34,7 +37,8 @@ def _first_width(path: str, candidates=(213, 257, 423, 1001, 5001, 20001, 32769,
 # Odd, non-power-of-two shapes with odd leading dims; each path of the launcher
 # gets several (test_shapes_reach_every_path checks it against softmax_config).
 SHAPES = [(1,), (5, 7), (37, 213), (3, 43, 213), (2, 1, 3, 4, 257),     # several rows per tile
-          (3, 5001), (2, 3, 20001),                                       # one row per tile
+          (3, 5001), (4, 9001),                                           # one row per tile
+          (2, 3, 20001), (7, 32767),      # persistent (16-bit; every dtype in the interpreter)
           (1, 32769), (2, 40001)]                                         # online: last block 1 or 7233 wide
 
 
@@ -43,6 +47,8 @@ def test_shapes_reach_every_path():
         paths = [_path(shape[-1], dtype) for shape in SHAPES]
         for path in (ONE_ROW, SEVERAL_ROWS, ONLINE):
             assert paths.count(path) >= 2, f"{dtype}: SHAPES has fewer than two shapes on the {path} path"
+        if _path(MAX_FUSED_BLOCK, dtype) == PERSISTENT:
+            assert paths.count(PERSISTENT) >= 2, f"{dtype}: SHAPES has fewer than two persistent shapes"
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
@@ -130,12 +136,18 @@ def _special_input(width: int, dtype: torch.dtype, p: int, span: slice,
 
 @IEEE_WARNINGS_EXPECTED
 @pytest.mark.parametrize("where", ["first column", "middle column", "last column"])
-@pytest.mark.parametrize("path", [SEVERAL_ROWS, ONE_ROW])
+@pytest.mark.parametrize("path", [SEVERAL_ROWS, ONE_ROW, PERSISTENT])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_special_values_one_pass(dtype, path, where, poisoned_outputs):
     # A non-power-of-two width: the tile has masked padding columns right after
     # the last column, and padding rows after the last row.
-    width = _first_width(path)
+    if path == PERSISTENT:
+        if _path(MAX_FUSED_BLOCK, dtype) != PERSISTENT:
+            pytest.skip(f"{dtype} rows do not take the persistent path on this device")
+        width = 20_001
+        assert _path(width, dtype) == PERSISTENT
+    else:
+        width = _first_width(path)
     p = {"first column": 0, "middle column": width // 2, "last column": width - 1}[where]
     x, labels = _special_input(width, dtype, p, slice(p, p + 1))
     _assert_like_torch(softmax(x), x, labels)
@@ -280,11 +292,13 @@ def _every_config() -> list:
         widths: dict[tuple, list[int]] = {}
         for w in range(1, MAX_FUSED_BLOCK + 1):
             cfg = _tuning.softmax_config(w, torch.finfo(dtype).bits // 8)
-            widths.setdefault((cfg.kwargs["BLOCK"], cfg.kwargs["ROWS"], cfg.num_warps), []).append(w)
-        for (block, rows, warps), ws in widths.items():
+            key = (cfg.kwargs["BLOCK"], cfg.kwargs["ROWS"], cfg.num_warps, cfg.num_stages)
+            widths.setdefault(key, []).append(w)
+        for (block, rows, warps, stages), ws in widths.items():
             odd = [w for w in ws if w % 2] or ws
             for w in sorted({odd[0], odd[-1]}):
-                cases.append(pytest.param(dtype, w, rows, id=f"{str(dtype)[6:]}-{w}-BLOCK{block}-ROWS{rows}-warps{warps}"))
+                cases.append(pytest.param(dtype, w, rows, id=f"{str(dtype)[6:]}-{w}-BLOCK{block}-ROWS{rows}"
+                                                             f"-warps{warps}-stages{stages}"))
     return cases
 
 

@@ -313,20 +313,57 @@ SOFTMAX_MAX_FUSED_BLOCK = 32768
 SOFTMAX_ONLINE = triton.Config({"BLOCK": 8192}, num_warps=16)
 
 
-def softmax_config(n_cols: int, element_size: int) -> triton.Config:
-    """``BLOCK``, ``ROWS`` and ``num_warps`` of the one-pass kernel: about 4 KB of input per tile.
+#: Rows at least this wide (in entries) run persistent and software-pipelined (see softmax_config).
+SOFTMAX_PERSISTENT_MIN_BLOCK = 32768
+#: Row buffers in flight per program on that path: the row being reduced and the next two.
+SOFTMAX_PERSISTENT_STAGES = 3
 
-    Narrow rows are packed several to a tile so that each program has enough
-    loads in flight to cover HBM latency; wide rows get one row and up to 16 warps.
-    On an H200 (2026-12-01, tools/TUNING_NOTES.md) 1024-wide fp16 rows ran at
-    0.985× a same-size copy with 2 rows over 4 warps, against 0.88× with 8 rows
-    over 8 warps (16 KB tiles); 4096 and wider were within 1% either way.
+
+def softmax_config(n_cols: int, element_size: int, max_smem: int | None = None) -> triton.Config:
+    """``BLOCK``, ``ROWS``, ``num_warps`` and ``num_stages`` of the one-pass kernel.
+
+    Narrow rows are packed several to a tile of about 4 KB of input, so that each
+    program has enough loads in flight to cover HBM latency; wide rows get one row
+    and up to 16 warps. On an H200 (2026-12-01, tools/TUNING_NOTES.md) 1024-wide
+    fp16 rows ran at 0.985× a same-size copy with 2 rows over 4 warps, against
+    0.88× with 8 rows over 8 warps (16 KB tiles); 4096 and wider were within 1%
+    either way.
+
+    The widest rows (``SOFTMAX_PERSISTENT_MIN_BLOCK``) need 64 fp32 registers a
+    thread even over 16 warps: one program fills an SM's register file, and
+    while it reduces and writes its row nothing is being read. ``num_stages`` > 1
+    then tells the launcher to run one program per SM, each looping over rows
+    with the next ``num_stages − 1`` rows already on their way into shared
+    memory (Triton's software pipeline). On the H200 that lifted 32768-wide rows
+    from 0.71× to 0.89–0.90× a copy (2026-12-02). It needs ``num_stages`` row
+    buffers of shared memory (192 KB in 16-bit), so it is chosen only where they fit
+    in ``max_smem`` (default: the current device's) — not for fp32 rows, nor on GPUs
+    with less shared memory than a Hopper.
     """
     block = max(16, triton.next_power_of_2(n_cols))
+    if block >= SOFTMAX_PERSISTENT_MIN_BLOCK:
+        limit = max_shared_memory() if max_smem is None else max_smem
+        # + 16 KB for the reductions' scratch
+        if SOFTMAX_PERSISTENT_STAGES * block * element_size + 16 * 1024 <= limit:
+            return triton.Config({"BLOCK": block, "ROWS": 1}, num_warps=32,
+                                 num_stages=SOFTMAX_PERSISTENT_STAGES)
     rows = max(1, min(64, 4096 // (block * element_size)))
     elems = rows * block
     num_warps = 4 if elems <= 2048 else 8 if elems <= 8192 else 16
-    return triton.Config({"BLOCK": block, "ROWS": rows}, num_warps=num_warps)
+    return triton.Config({"BLOCK": block, "ROWS": rows}, num_warps=num_warps, num_stages=1)
+
+
+def sm_count(index: int | None = None) -> int:
+    """Streaming multiprocessors of CUDA device ``index`` (default: the current one): 132 on an
+    H100 SXM or H200. Without a GPU (the interpreter) 3, so that persistent launches loop."""
+    if not device.HAS_GPU:
+        return 3
+    return _sm_count(torch.cuda.current_device() if index is None else index)
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(index: int) -> int:
+    return int(torch.cuda.get_device_properties(index).multi_processor_count)
 
 
 # ----------------------------------------------------------------------------

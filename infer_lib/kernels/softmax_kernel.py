@@ -46,7 +46,10 @@ FlashAttention applies the same recurrence to attention scores.
 Memory traffic: rows up to ``MAX_FUSED_BLOCK`` = 32768 entries (64 KB in
 16-bit) fit on chip: ``_softmax_kernel`` holds one or more whole rows in
 registers, reads each element once from HBM and writes it once —
-``2 · rows · n · element_size`` bytes, the minimum. Wider rows go through
+``2 · rows · n · element_size`` bytes, the minimum. The widest of them (32768
+entries) leave room for one program per SM: those programs are persistent and
+pipelined, reading the next rows while they reduce this one
+(``_tuning.softmax_config``). Wider rows go through
 ``_softmax_online_kernel``: a first pass computes ``m`` and ``s`` block by
 block, a second pass reads the row again to normalise and write it. That
 second read is the price of rows that do not fit (3 passes over the row instead
@@ -204,7 +207,10 @@ def softmax(x: torch.Tensor) -> torch.Tensor:
     out2 = out.view(-1, n_cols)
     if n_cols <= MAX_FUSED_BLOCK:
         cfg = _tuning.softmax_config(n_cols, x.element_size())
-        _launch_fused(x2, out2, cfg.kwargs["BLOCK"], cfg.kwargs["ROWS"], cfg.num_warps)
+        # num_stages > 1: persistent, one program per SM with the next rows in flight
+        programs = _tuning.sm_count() if cfg.num_stages > 1 else None
+        _launch_fused(x2, out2, cfg.kwargs["BLOCK"], cfg.kwargs["ROWS"], cfg.num_warps,
+                      cfg.num_stages, programs)
     else:
         _launch_online(x2, out2)
     return out
