@@ -175,7 +175,7 @@ FINITE, IS_NAN, POS_INF, NEG_INF = 0, 1, 2, 3
 #: Ragged against the interpreter's 32×32×32 tile: a last row tile of 5 rows (M = 37) and
 #: one of 1 row whose other 31 rows wrap (M = 1), last column tiles 1 and 13 wide, last
 #: K steps 6 and 1 deep.
-NAN_SHAPES = [(37, 33, 70), (1, 45, 97)]
+NAN_SHAPES = [(37, 33, 70), (1, 45, 97), (67, 33, 70)]   # M ≤ 64 runs the split-K kernel, 67 the tiled one
 
 
 def _classes(x):
@@ -417,8 +417,11 @@ def test_tuned_path(shape, dtype, poisoned_outputs):
     _check(matmul(a, b), a, b)
     picked = best_config(a, b)
     assert picked is not None, "this shape should have been tuned"
-    cands = MATMUL.candidates(device.capability(), _tuning.max_shared_memory(), dtype.itemsize, {"M": M, "N": N})
-    assert picked in cands or picked in MATMUL.fallbacks
+    # decode shapes (M ≤ 64) run the split-K kernel, the rest the tiled one
+    configs = _tuning.SPLITK_MATMUL if M <= _tuning.SMALL_M else MATMUL
+    cands = configs.candidates(device.capability(), _tuning.max_shared_memory(), dtype.itemsize,
+                               {"M": M, "N": N, "K": K})
+    assert picked in cands or picked in configs.fallbacks
     _check(matmul(a, b), a, b)  # the cached pick, launched again
 
 
@@ -588,3 +591,22 @@ def test_runs_on_the_tensors_gpu_not_the_current_one(poisoned_outputs):
     out = matmul(a, b)            # tuned on cuda:1, launched there
     assert out.device == a.device and torch.cuda.current_device() == 0
     _check(out, a, b)
+
+
+# ----------------------------------------------------------------------------
+# Decode shapes take the split-K kernel
+# ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("M, split_k", [(1, True), (17, True), (_tuning.SMALL_M, True), (_tuning.SMALL_M + 1, False)])
+def test_decode_shapes_run_the_split_k_kernel(M, split_k, monkeypatch, poisoned_outputs):
+    from infer_lib.kernels import matmul_splitk_kernel as sk
+    calls = []
+    real = sk.run_tuned
+    monkeypatch.setattr(sk, "run_tuned", lambda *args: calls.append(1) or real(*args))
+    a, b = _inputs(M, 40, 70, FP32)
+    _check(matmul(a, b), a, b)
+    assert bool(calls) == split_k
+    # a pinned configuration is the tiled kernel's, whatever M
+    calls.clear()
+    _check(matmul(a, b, config=MATMUL.fallbacks[0]), a, b)
+    assert not calls

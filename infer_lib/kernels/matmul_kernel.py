@@ -187,7 +187,12 @@ def matmul(a: torch.Tensor, b: torch.Tensor, *, config: triton.Config | None = N
     """``a @ b`` for 2-D ``a (M, K)`` and ``b (K, N)`` of one dtype (fp16, bf16
     or fp32) on one device; returns ``(M, N)`` in that dtype. Any strides.
 
-    ``config`` pins one ``triton.Config`` (keys ``BLOCK_M``, ``BLOCK_N``,
+    Decode shapes — ``M ≤ 64`` rows, a few tokens against a weight matrix — run
+    the split-K kernel of ``matmul_splitk_kernel.py`` instead of the tiled one:
+    with so few rows the tiled kernel has too few programs to stream the weights
+    at full bandwidth (chapter 3's batch sweep shows it).
+
+    ``config`` pins one ``triton.Config`` of the tiled kernel (keys ``BLOCK_M``, ``BLOCK_N``,
     ``BLOCK_K`` — powers of two, at least 16 — and the integer ``GROUP_M`` ≥ 1,
     plus ``num_warps``, a power of two up to 32, and ``num_stages`` ≥ 1) instead
     of tuning: for experiments with tile sizes and for deterministic runs. A bad
@@ -212,6 +217,12 @@ def matmul(a: torch.Tensor, b: torch.Tensor, *, config: triton.Config | None = N
     if K == 0:
         return c.zero_()  # an empty sum
 
+    if config is None and M <= _tuning.SMALL_M:
+        # imported here: matmul_splitk_kernel imports this module
+        from .matmul_splitk_kernel import run_tuned
+        run_tuned(a, b, c)
+        return c
+
     args = (a, b, c, M, N, K,
             a.stride(0), a.stride(1), b.stride(0), b.stride(1), c.stride(0), c.stride(1))
     flags = _kernel_flags(a.dtype)
@@ -232,8 +243,11 @@ def matmul(a: torch.Tensor, b: torch.Tensor, *, config: triton.Config | None = N
 
 def best_config(a: torch.Tensor, b: torch.Tensor) -> triton.Config | None:
     """The configuration the tuner picked for ``a @ b`` (after a call to
-    ``matmul(a, b)`` with these shapes and dtype), or None if it has not tuned
-    it (CPU interpreter, small problems, or not called yet)."""
+    ``matmul(a, b)`` with these shapes and dtype) — a split-K one for ``M ≤ 64`` —
+    or None if it has not tuned it (CPU interpreter, small problems, or not called yet)."""
     (M, K), (_, N) = a.shape, b.shape
+    if M <= _tuning.SMALL_M:
+        from .matmul_splitk_kernel import best_config as splitk_best_config
+        return splitk_best_config(a, b)
     key = _tuning_key(M, N, K, a.dtype, a.device.index, _kernel_flags(a.dtype)["INPUT_PRECISION"])
     return _tuning.MATMUL.cache.get(key)

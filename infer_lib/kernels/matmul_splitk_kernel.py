@@ -57,9 +57,12 @@ from .matmul_kernel import _kernel_flags, matmul_ref
 matmul_splitk_ref = matmul_ref
 
 
-# M is the number of tokens and K_SPLIT follows from it and K: neither is
-# specialised, so a new batch size does not recompile the kernel.
-@triton.jit(do_not_specialize=["M", "K_SPLIT"])
+# M is the number of tokens: not specialised, so a new batch size does not
+# recompile the kernel. K_SPLIT is (Triton's default specialisation tells the
+# compiler it is a multiple of 16, as it always is: a multiple of BLOCK_K); without
+# that each slice's start is of unknown alignment and the loads of `a` along K
+# cannot be vectorised — at M = 64 the kernel ran at half the speed (H200, 2026-12-02).
+@triton.jit(do_not_specialize=["M"])
 def _matmul_splitk_kernel(
     a_ptr, b_ptr, c_ptr, partial_ptr, count_ptr,
     M, N, K, K_SPLIT,
@@ -137,10 +140,49 @@ def _tuning_key(M: int, N: int, K: int, dtype: torch.dtype, index, precision: st
     return ("splitk", _tuning.bucket(M), N, K, dtype, index, precision)
 
 
+def _launch(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, cfg: triton.Config):
+    """Run the kernel with ``cfg`` on checked, non-empty operands, writing ``c``."""
+    (M, K), N = a.shape, b.shape[1]
+    bm, bn, bk = cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"], cfg.kwargs["BLOCK_K"]
+    split = max(1, min(cfg.kwargs["SPLIT_K"], triton.cdiv(K, bk)))    # no empty slices
+    k_split = triton.cdiv(triton.cdiv(K, split), bk) * bk              # a multiple of BLOCK_K
+    split = triton.cdiv(K, k_split)
+    grid = (triton.cdiv(N, bn), split, triton.cdiv(M, bm))
+    partial = torch.empty((split, M, N), device=a.device, dtype=torch.float32) if split > 1 else c
+    counters = _tile_counters(a.device, grid[0] * grid[2])
+    return _matmul_splitk_kernel[grid](
+        a, b, c, partial, counters, M, N, K, k_split,
+        a.stride(0), a.stride(1), b.stride(0), b.stride(1), c.stride(0), c.stride(1),
+        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=split, **_kernel_flags(a.dtype),
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+
+
+def run_tuned(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> None:
+    """``c = a @ b`` with the tuned (or, for small problems and in the interpreter, the fixed)
+    configuration, on operands already checked and non-empty. ``matmul`` calls this for
+    ``M ≤ SMALL_M``."""
+    (M, K), N = a.shape, b.shape[1]
+    config = _tuning.SPLITK_MATMUL.choose(
+        _tuning_key(M, N, K, a.dtype, a.device.index, _kernel_flags(a.dtype)["INPUT_PRECISION"]),
+        lambda cfg: _launch(a, b, c, cfg),
+        tune=M * N * K >= _tuning.MATMUL_TUNE_MIN_WORK,
+        element_size=a.element_size(), shape={"M": M, "N": N, "K": K})
+    _launch(a, b, c, config)
+
+
+def best_config(a: torch.Tensor, b: torch.Tensor) -> triton.Config | None:
+    """The configuration the tuner picked for ``a @ b`` on this path, or None if it has not
+    tuned it (CPU interpreter, small problems, or not called yet)."""
+    (M, K), (_, N) = a.shape, b.shape
+    key = _tuning_key(M, N, K, a.dtype, a.device.index, _kernel_flags(a.dtype)["INPUT_PRECISION"])
+    return _tuning.SPLITK_MATMUL.cache.get(key)
+
+
 def matmul_splitk(a: torch.Tensor, b: torch.Tensor, *, config: triton.Config | None = None) -> torch.Tensor:
     """``a @ b`` with the split-K kernel: for ``a (M, K)`` with few rows (decode shapes)
     and ``b (K, N)`` of the same dtype (fp16, bf16 or fp32) on one device; any strides.
-    The decode-shaped counterpart of ``matmul``'s tiled kernel.
+    ``matmul`` runs this kernel itself when ``M ≤ 64``; call it directly to pin a
+    configuration or to use it for larger ``M``.
 
     ``config`` pins a ``triton.Config`` with ``BLOCK_M``, ``BLOCK_N``, ``BLOCK_K``
     (powers of two, at least 16) and ``SPLIT_K`` (≥ 1), plus ``num_warps`` and
@@ -160,26 +202,8 @@ def matmul_splitk(a: torch.Tensor, b: torch.Tensor, *, config: triton.Config | N
         return c
     if K == 0:
         return c.zero_()  # an empty sum
-    flags = _kernel_flags(a.dtype)
-
-    def launch(cfg: triton.Config):
-        bm, bn, bk = cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"], cfg.kwargs["BLOCK_K"]
-        split = max(1, min(cfg.kwargs["SPLIT_K"], triton.cdiv(K, bk)))    # no empty slices
-        k_split = triton.cdiv(triton.cdiv(K, split), bk) * bk              # a multiple of BLOCK_K
-        split = triton.cdiv(K, k_split)
-        grid = (triton.cdiv(N, bn), split, triton.cdiv(M, bm))
-        partial = torch.empty((split, M, N), device=a.device, dtype=torch.float32) if split > 1 else c
-        counters = _tile_counters(a.device, grid[0] * grid[2])
-        return _matmul_splitk_kernel[grid](
-            a, b, c, partial, counters, M, N, K, k_split,
-            a.stride(0), a.stride(1), b.stride(0), b.stride(1), c.stride(0), c.stride(1),
-            BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=split, **flags,
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-
     if config is None:
-        config = _tuning.SPLITK_MATMUL.choose(
-            _tuning_key(M, N, K, a.dtype, a.device.index, flags["INPUT_PRECISION"]), launch,
-            tune=M * N * K >= _tuning.MATMUL_TUNE_MIN_WORK,
-            element_size=a.element_size(), shape={"M": M, "N": N, "K": K})
-    launch(config)
+        run_tuned(a, b, c)
+    else:
+        _launch(a, b, c, config)
     return c
