@@ -9,7 +9,7 @@ import torch
 from infer_lib import device, measure
 from infer_lib.bench import validate
 from infer_lib.bench.cases import CASES
-from infer_lib.bench.core import Case, limit_value, measure_limits, run_case
+from infer_lib.bench.core import SMOKE_TIMING, Case, limit_value, measure_limits, run_case
 
 
 def _run(*args):
@@ -27,6 +27,8 @@ def smoke_doc(tmp_path_factory):
 def test_smoke_runs_every_kernel_and_follows_the_layout(smoke_doc):
     validate(smoke_doc)
     assert smoke_doc["provenance"]["smoke"] is True and "commit" in smoke_doc["provenance"]
+    assert smoke_doc["provenance"]["timing"] == SMOKE_TIMING
+    assert all("eager_us" in e for r in smoke_doc["records"] for e in [r["ours"], *r["peers"]])
     assert {r["kernel"] for r in smoke_doc["records"]} == set(CASES)
     va = [r for r in smoke_doc["records"] if r["kernel"] == "vector_add"]
     assert all(r["peers"] and "torch.add" in r["speedup"] for r in va)
@@ -92,6 +94,7 @@ def _with_fraction(doc, kernel, factor):
 @pytest.mark.parametrize("breakage, message", [
     (lambda d: d.pop("limits"), "missing top-level key 'limits'"),
     (lambda d: d["provenance"].pop("triton"), "provenance lacks 'triton'"),
+    (lambda d: d["provenance"].pop("timing"), "provenance lacks 'timing'"),
     (lambda d: d["limits"].pop("copy"), "limits lacks 'copy'"),
     (lambda d: d["limits"]["matmul"][0].update(us=float("nan")), r"limits.matmul\[0\].us must be a finite number"),
     (lambda d: d["limits"]["copy"][0].update(GBps=2 * d["limits"]["copy"][0]["GBps"]),
@@ -152,7 +155,7 @@ def test_run_case_refuses_an_unknown_limit_before_running_anything():
 
 def test_run_case_record_validates():
     record = run_case(_case([("peer", lambda: torch.ones(8))]), LIMITS, smoke=True)
-    doc = {"provenance": measure.provenance(),
+    doc = {"provenance": {**measure.provenance(), "timing": SMOKE_TIMING},
            "limits": {**LIMITS, "copy_bytes": 64, "matmul_n": 2,
                       "copy": [{"bytes": 64, "us": 0.128, "GBps": 1.0}],
                       "matmul": [{"n": 2, "dtype": "float32", "us": 16e-6, "TFLOPs": 1.0}]},

@@ -18,7 +18,7 @@ import torch
 
 from .. import device, measure
 from .cases import CASES
-from .core import measure_limits, run_case, validate
+from .core import SMOKE_TIMING, TIMING, measure_limits, run_case, validate
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
 
     names = args.only or list(CASES)
     out = args.out or Path(f"bench_{measure.gpu_key()}{'_smoke' if args.smoke else ''}.json")
-    prov = {**measure.provenance(), "smoke": args.smoke}
+    prov = {**measure.provenance(), "smoke": args.smoke, "timing": SMOKE_TIMING if args.smoke else TIMING}
     print(f"# {device.describe()}", flush=True)
     limits = measure_limits(args.smoke)
     print(f"# limits: copy {limits['copy_GBps']:.0f} GB/s at {measure.format_bytes(limits['copy_bytes'])}, "
