@@ -394,17 +394,34 @@ def _sk_fits(config: triton.Config, shape: dict) -> bool:
     return config.kwargs["BLOCK_M"] == min(SMALL_M, max(16, bucket(shape["M"])))
 
 
+#: Per row tile: (BLOCK_N, BLOCK_K, SPLIT_K, num_stages, num_warps). From a sweep of
+#: 72-108 configurations per row tile at K = N = 8192, bf16, on an H200 (GPU time from
+#: CUDA-graph replays, 2026-12-02, tools/TUNING_NOTES.md): each row tile's winners and
+#: the configurations within 2% of them. One token (M = 1) wants short, wide slabs split
+#: four ways — 256 programs, two per SM; from 2 to 64 tokens one long slab per column tile
+#: of 64 (no split, 128 programs) with deep pipelines streams best. The split-8 entries
+#: serve weights with few columns (N = 2048: 32 column tiles), where only a split gives
+#: enough programs.
+_SPLITK_HOPPER = {
+    16: [(256, 64, 4, 3, 8), (128, 64, 4, 3, 4), (64, 256, 1, 3, 4), (64, 256, 1, 4, 4),
+         (64, 256, 1, 5, 4), (64, 128, 1, 5, 4), (128, 128, 1, 5, 4), (128, 256, 2, 3, 4),
+         (64, 128, 8, 3, 4)],
+    32: [(64, 128, 1, 5, 4), (64, 256, 1, 3, 4), (64, 256, 1, 4, 4), (64, 128, 1, 4, 4),
+         (128, 128, 2, 3, 4), (64, 128, 8, 3, 4)],
+    64: [(64, 256, 1, 3, 4), (64, 128, 1, 4, 4), (64, 128, 1, 5, 4), (128, 128, 1, 4, 4),
+         (64, 128, 4, 3, 4)],
+}
+
 SPLITK_MATMUL = KernelConfigs(
     name="matmul_splitk",
     lists={
-        # From a sweep of 60 configurations per row tile on an H200 (tools/tune_splitk.py,
-        # 2026-12-01): at K = N = 8192 the fastest split K in two with 64-256 column
-        # tiles; these eight per row tile keep the winners and their neighbours.
+        "hopper": [_sk(bm, bn, bk, split, stages, warps)
+                   for bm, rows in _SPLITK_HOPPER.items() for bn, bk, split, stages, warps in rows],
+        # Other GPUs: the same shapes of tile with shallower pipelines, pruned by shared memory.
         "default": [_sk(bm, bn, bk, split, stages)
                     for bm in (16, 32, 64)
-                    for bn, bk, split, stages in ((64, 256, 2, 4), (32, 128, 2, 3), (64, 128, 2, 3),
-                                                  (64, 128, 4, 3), (128, 128, 2, 3), (32, 256, 4, 4),
-                                                  (64, 256, 1, 4), (64, 128, 8, 3))],
+                    for bn, bk, split, stages in ((64, 128, 1, 3), (64, 128, 2, 3), (128, 64, 4, 3),
+                                                  (64, 128, 4, 3), (64, 64, 1, 4), (64, 128, 8, 3))],
     },
     smem_bytes=_mm_smem,
     fits=_sk_fits,
