@@ -248,3 +248,25 @@ def test_checks_hide_their_frames():
     for check in (ch01.gpus_for_weights, ch01.machine_balance, ch01.decode_bound,
                   ch01.link_time, ch01.highest_balance, ch01.add_relu):
         assert "__tracebackhide__" in check.__code__.co_varnames, check.__name__
+
+
+def test_add_relu_inputs_tell_the_slips_apart():
+    # Each wrong kernel of the hints must differ from the right answer and from the
+    # other wrong kernels on every case, whatever the random draw.
+    for seed in range(50):
+        torch.manual_seed(seed)
+        for n in ch01.ADD_RELU_SIZES:
+            x, y = ch01._add_relu_inputs(n)
+            s = x + y
+            assert (s > 0).any(), (seed, n)
+            assert n == 1 or (s < 0).any(), (seed, n)
+            assert n > 1 or x[0] < 0, (seed, n)
+            right = torch.relu(s)
+            # (one positive sum cannot tell a missing ReLU from a right one: n = 1 leaves it to the others)
+            wrongs = [torch.clamp(s, max=0), torch.relu(x) + torch.relu(y), torch.relu(x) + y]
+            if n > 1:
+                wrongs.append(s)
+            for i, wrong in enumerate(wrongs):
+                assert not torch.allclose(wrong, right), (seed, n, i)
+                # and the kernel that keeps the smaller is never taken for one without a ReLU
+            assert not torch.allclose(torch.clamp(s, max=0), s), (seed, n)

@@ -32,6 +32,18 @@ class _Blocked(importlib.abc.MetaPathFinder):
         return None
 
 sys.meta_path.insert(0, _Blocked())
+
+# importlib.util.find_spec must answer None for it, as when it is not installed
+# (torch's CUDA initialisation asks it so, and would otherwise see the finder raise).
+import importlib.util
+_real_find_spec = importlib.util.find_spec
+
+def _find_spec(fullname, package=None):
+    if fullname == {name!r} or fullname.startswith({name!r} + "."):
+        return None
+    return _real_find_spec(fullname, package)
+
+importlib.util.find_spec = _find_spec
 """
 
 

@@ -155,6 +155,23 @@ def _add_relu_ref(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return torch.relu(x + y)
 
 
+def _add_relu_inputs(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fresh random ``x, y`` of ``n`` elements whose sums have both signs whenever
+    ``n`` ≥ 2 (one positive sum of a negative ``x`` when ``n`` = 1), so that each
+    wrong kernel of the hints differs from the others (a kernel that keeps the
+    smaller of the sum and 0 would pass for one with no ReLU on sums that are all
+    negative)."""
+    x, y = torch.randn(n, device=device.DEVICE), torch.randn(n, device=device.DEVICE)
+    if n == 1:   # x < 0 < x + y: no wrong kernel of the hints gives the right answer
+        x[0] = -x[0].abs() - 0.1
+        y[0] = -x[0] + y[0].abs() + 0.1
+    elif n >= 2:
+        s = x + y
+        x[0] += 1.0 - s[0] if s[0] <= 0 else 0.0       # sum 1: positive
+        x[1] += -1.0 - s[1] if s[1] >= 0 else 0.0      # sum -1: negative
+    return x, y
+
+
 def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
     return bool(torch.allclose(a, b, atol=1e-6, rtol=1e-5))
 
@@ -226,8 +243,7 @@ def add_relu(kernel) -> bool:
     if not hasattr(kernel, "__getitem__"):
         raise TypeError(f"{name}: pass the kernel itself, the function decorated with @triton.jit, "
                         f"not {type(kernel).__name__} {kernel!r}")
-    cases = [(torch.randn(n, device=device.DEVICE), torch.randn(n, device=device.DEVICE))
-             for n in ADD_RELU_SIZES]
+    cases = [_add_relu_inputs(n) for n in ADD_RELU_SIZES]
     return check_function(
         lambda x, y: _launch_add_relu(kernel, x, y), _add_relu_ref, cases, name=name,
         explain=_wrap("One read of x and y, one write of out: the ReLU costs no extra trip to HBM, "
