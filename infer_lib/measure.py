@@ -38,8 +38,10 @@ import torch
 
 from . import device, hardware
 
-#: The GPU whose measurements ship with the course.
+#: The GPU whose measurements the chapters lead with.
 REFERENCE_GPU = "h100_sxm"
+#: Every GPU whose measurement files ship in ``infer_lib/data`` (each topic, one file per GPU).
+SHIPPED_GPUS = ("h100_sxm", "h200")
 
 
 def _require_gpu(what: str) -> None:

@@ -168,11 +168,13 @@ def test_run_case_record_validates():
 # The shipped reference
 # ----------------------------------------------------------------------------
 
-def test_shipped_reference_follows_the_layout():
-    doc = measure.load_reference("bench")
+@pytest.mark.parametrize("gpu, name", [("h100_sxm", "NVIDIA H100"), ("h200", "NVIDIA H200")])
+def test_shipped_reference_follows_the_layout(gpu, name):
+    assert gpu in measure.SHIPPED_GPUS
+    doc = measure.load_reference("bench", gpu)
     validate(doc)
     prov = doc["provenance"]
-    assert prov["gpu"].startswith("NVIDIA H100") and prov["capability"] == "9.0"
+    assert prov["gpu"].startswith(name) and prov["capability"] == "9.0"
     assert not prov.get("smoke") and not prov["interpreted"]
     assert {r["kernel"] for r in doc["records"]} == set(CASES), "rerun the bench on the GPU: a kernel is missing"
     # the limits' sweeps reach past the ceilings: buffers beyond 1 GiB, matrices up to 8192³

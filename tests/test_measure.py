@@ -5,6 +5,7 @@ every shipped measurement file in infer_lib/data/ validating against its topic's
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -184,7 +185,16 @@ SHIPPED = sorted(measure.data_dir().glob("*.json"))
 
 
 def test_there_are_shipped_files():
-    assert SHIPPED and {p.stem for p in SHIPPED} >= {f"{t}_{measure.REFERENCE_GPU}" for t in VALIDATORS}
+    assert measure.REFERENCE_GPU in measure.SHIPPED_GPUS
+    want = {f"{t}_{gpu}" for t in VALIDATORS for gpu in measure.SHIPPED_GPUS}
+    assert SHIPPED and {p.stem for p in SHIPPED} >= want, sorted(want - {p.stem for p in SHIPPED})
+
+
+@pytest.mark.parametrize("path", [p for p in SHIPPED if not p.stem.endswith("_h100_sxm")], ids=lambda p: p.name)
+def test_files_measured_after_the_h100_name_their_commit(path):
+    # (the H100 files predate the commit field and say so in a note)
+    commit = json.loads(path.read_text())["provenance"].get("commit")
+    assert isinstance(commit, str) and re.fullmatch(r"[0-9a-f]{40}", commit), commit
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
