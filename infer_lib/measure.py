@@ -373,6 +373,12 @@ def load_reference(topic: str, gpu: str = REFERENCE_GPU) -> dict:
     return json.loads(path.read_text())
 
 
+def load_references(topic: str) -> dict[str, dict]:
+    """Every shipped measurement file of ``topic``, ``{gpu_key: document}`` in the order of
+    ``SHIPPED_GPUS`` (the reference GPU first): what a chapter plots to show more than one card."""
+    return {gpu: load_reference(topic, gpu) for gpu in SHIPPED_GPUS}
+
+
 def save(payload: dict, path: str | Path) -> Path:
     """Write a measurement file; ``payload`` gets a ``provenance`` block if it lacks one."""
     payload = {"provenance": provenance(), **payload} if "provenance" not in payload else payload

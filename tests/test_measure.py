@@ -205,3 +205,9 @@ def test_every_shipped_file_validates(path):
     VALIDATORS[topic](doc)
     assert doc["provenance"]["gpu_key"] == path.stem.removeprefix(topic + "_")
     assert doc["provenance"]["interpreted"] is False and not doc["provenance"].get("smoke")
+
+
+def test_load_references_gives_every_shipped_gpu_reference_first():
+    docs = measure.load_references("bench")
+    assert list(docs) == list(measure.SHIPPED_GPUS) and next(iter(docs)) == measure.REFERENCE_GPU
+    assert all(doc["provenance"]["gpu_key"] == gpu for gpu, doc in docs.items())
