@@ -76,8 +76,11 @@ def _max_shared_memory(index: int) -> int:
 
 
 def bucket(n: int) -> int:
-    """The cache bucket of a length: the next power of two (1, 2, 4, …)."""
-    return triton.next_power_of_2(max(1, int(n)))
+    """The cache bucket of a length: the next power of two (1, 2, 4, …).
+
+    Plain integer arithmetic: every launch computes a key, and ``triton.next_power_of_2``
+    costs a few µs more per call on a slow host (it unwraps ``constexpr`` arguments)."""
+    return 1 << (max(1, int(n)) - 1).bit_length()
 
 
 # ----------------------------------------------------------------------------
