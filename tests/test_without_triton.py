@@ -121,13 +121,16 @@ SECTIONS = {
             torch.testing.assert_close(kernels.flash_attention(q, k, v, sm_scale=0.5),
                                        F.scaled_dot_product_attention(q, k_rep, v_rep, scale=0.5),
                                        atol=1e-5, rtol=1e-5)
-            for name in ("vector_add", "softmax", "matmul", "flash_attention"):
+            lens = torch.tensor([17, 5])
+            torch.testing.assert_close(kernels.decode_attention(q[:, :, :1], k, v, lens),
+                                       kernels.decode_attention_ref(q[:, :, :1], k, v, lens))
+            for name in ("vector_add", "softmax", "matmul", "flash_attention", "decode_attention"):
                 ref = getattr(kernels, name + "_ref")
                 assert ref.__module__ == f"infer_lib.kernels.{name}_kernel", (name, ref.__module__)
             assert kernels.matmul_splitk_ref is kernels.matmul_ref
 
         notes = [str(w.message) for w in caught if issubclass(w.category, TritonNotInstalledWarning)]
-        launchers = ("vector_add", "softmax", "matmul", "matmul_splitk", "flash_attention")
+        launchers = ("vector_add", "softmax", "matmul", "matmul_splitk", "flash_attention", "decode_attention")
         for name in launchers:   # once each, however often it ran
             assert sum(f"infer_lib.kernels.{name} runs its PyTorch reference" in n for n in notes) == 1, notes
         assert len(notes) == len(launchers), notes
@@ -281,7 +284,7 @@ def test_only_kernel_files_import_triton_at_module_level():
 # The fallback is the references
 # ----------------------------------------------------------------------------
 
-KERNEL_OPS = ("vector_add", "softmax", "matmul", "matmul_splitk", "flash_attention")
+KERNEL_OPS = ("vector_add", "softmax", "matmul", "matmul_splitk", "flash_attention", "decode_attention")
 
 
 @pytest.mark.parametrize("op", KERNEL_OPS)
@@ -309,7 +312,8 @@ def test_fallback_computes_what_the_launchers_compute():
     a, b = torch.randn(17, 40, device=dev), torch.randn(40, 24, device=dev)
     q, k, v = (torch.randn(1, 2, 20, 16, device=dev) for _ in range(3))
     cases = {"vector_add": (x, y), "softmax": (s,), "matmul": (a, b), "matmul_splitk": (a[:4], b),
-             "flash_attention": (q, k, v, True)}
+             "flash_attention": (q, k, v, True),
+             "decode_attention": (q[:, :, :1], k, v, torch.tensor([20], device=dev))}
     for op, args in cases.items():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", _fallback.TritonNotInstalledWarning)

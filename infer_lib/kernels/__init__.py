@@ -25,14 +25,16 @@ from ._fallback import TritonNotInstalledWarning
 TRITON: bool = _device.HAS_TRITON
 
 if TRITON:
+    from .decode_attention_kernel import decode_attention, decode_attention_ref
     from .flash_attention_kernel import flash_attention, flash_attention_ref
     from .matmul_kernel import matmul, matmul_ref
     from .matmul_splitk_kernel import matmul_splitk, matmul_splitk_ref
     from .softmax_kernel import softmax, softmax_ref
     from .vector_add_kernel import vector_add, vector_add_ref
 else:
-    from ._fallback import (flash_attention, flash_attention_ref, matmul, matmul_ref, matmul_splitk,  # noqa: F401
-                            matmul_splitk_ref, softmax, softmax_ref, vector_add, vector_add_ref)
+    from ._fallback import (decode_attention, decode_attention_ref, flash_attention,  # noqa: F401
+                            flash_attention_ref, matmul, matmul_ref, matmul_splitk, matmul_splitk_ref,
+                            softmax, softmax_ref, vector_add, vector_add_ref)
 
 
 def need_triton(what: str) -> bool:
@@ -49,6 +51,7 @@ def need_triton(what: str) -> bool:
     return TRITON
 
 
-__all__ = ["TRITON", "TritonNotInstalledWarning", "flash_attention", "flash_attention_ref", "matmul",
+__all__ = ["TRITON", "TritonNotInstalledWarning", "decode_attention", "decode_attention_ref",
+           "flash_attention", "flash_attention_ref", "matmul",
            "matmul_ref", "matmul_splitk", "matmul_splitk_ref", "need_triton", "softmax", "softmax_ref",
            "vector_add", "vector_add_ref"]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import numbers
+
 import torch
 
 from .. import device
@@ -67,3 +70,20 @@ def check_matmul_operands(op: str, a, b) -> tuple[int, int, int]:
         raise ValueError(f"{op}: a is (M, K)={tuple(a.shape)} but b is {tuple(b.shape)}: "
                          f"a.shape[1] must equal b.shape[0]")
     return M, K, N
+
+
+def check_sm_scale(op: str, sm_scale) -> None:
+    """None (the default, 1/√D) or a finite positive real number; a tensor is refused with a hint."""
+    if sm_scale is None:
+        return
+    if isinstance(sm_scale, bool) or not isinstance(sm_scale, numbers.Real):
+        hint = " (a tensor: pass sm_scale.item())" if isinstance(sm_scale, torch.Tensor) else ""
+        raise TypeError(f"{op}: sm_scale must be a number, got {type(sm_scale).__name__} "
+                        f"{sm_scale!r}{hint}")
+    try:
+        finite_positive = math.isfinite(sm_scale) and sm_scale > 0
+    except OverflowError:   # an int beyond the float range
+        finite_positive = False
+    if not finite_positive:
+        raise ValueError(f"{op}: sm_scale must be a finite positive number (the default is 1/√D), "
+                         f"got {sm_scale!r}")

@@ -53,7 +53,7 @@ def _references() -> dict:
     """``<op>_ref`` of each kernel file, compiled from that file's own statement (the file
     name and line numbers kept, so tracebacks and ``inspect.getsource`` point there)."""
     namespace = {"torch": torch, "attention_ref": attention_ref}
-    for op in ("vector_add", "softmax", "matmul", "matmul_splitk", "flash_attention"):
+    for op in ("vector_add", "softmax", "matmul", "matmul_splitk", "flash_attention", "decode_attention"):
         path = resources.files("infer_lib") / "kernels" / f"{op}_kernel.py"
         tree = ast.parse(path.read_text(encoding="utf-8"))
         node = next(n for n in tree.body if f"{op}_ref" in source._defined(n))
@@ -68,6 +68,7 @@ softmax_ref = _refs["softmax_ref"]
 matmul_ref = _refs["matmul_ref"]
 matmul_splitk_ref = _refs["matmul_splitk_ref"]
 flash_attention_ref = _refs["flash_attention_ref"]
+decode_attention_ref = _refs["decode_attention_ref"]
 
 
 # ----------------------------------------------------------------------------
@@ -105,3 +106,10 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: b
     """Without Triton: ``flash_attention_ref(q, k, v, causal, sm_scale)``."""
     _note("flash_attention", "flash_attention_ref")
     return flash_attention_ref(q, k, v, causal=causal, sm_scale=sm_scale)
+
+
+def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, cache_seqlens: torch.Tensor,
+                     sm_scale: float | None = None, *, num_splits: int | None = None) -> torch.Tensor:
+    """Without Triton: ``decode_attention_ref(q, k_cache, v_cache, cache_seqlens, sm_scale)``."""
+    _note("decode_attention", "decode_attention_ref")
+    return decode_attention_ref(q, k_cache, v_cache, cache_seqlens, sm_scale=sm_scale)

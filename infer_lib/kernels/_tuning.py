@@ -370,6 +370,26 @@ def _sm_count(index: int) -> int:
 
 
 # ----------------------------------------------------------------------------
+# decode_attention (chapter 5)
+# ----------------------------------------------------------------------------
+
+def decode_attention_config(element_size: int, head_dim: int, max_smem: int | None = None) -> triton.Config:
+    """``BLOCK_N`` (keys per step), ``num_warps`` and ``num_stages`` of the split-KV decode kernel.
+
+    Not tuned on a GPU yet: 64 keys a step over 4 warps, two K and two V tiles in flight,
+    halved until they fit the device's shared memory (a T4's 64 KB with fp32 at D = 128).
+    The interpreter takes 16 keys a step, so the tests' short caches span several steps.
+    """
+    if device.INTERPRET:
+        return triton.Config({"BLOCK_N": 16}, num_warps=4, num_stages=1)
+    limit = max_shared_memory() if max_smem is None else max_smem
+    stages, block_n = 2, 64
+    while block_n > 16 and 2 * stages * block_n * head_dim * element_size + 16 * 1024 > limit:
+        block_n //= 2
+    return triton.Config({"BLOCK_N": block_n}, num_warps=4, num_stages=stages)
+
+
+# ----------------------------------------------------------------------------
 # vector_add (chapter 1)
 # ----------------------------------------------------------------------------
 

@@ -70,7 +70,6 @@ tutorial 06 "Fused attention"
 from __future__ import annotations
 
 import math
-import numbers
 
 import torch
 import triton
@@ -79,7 +78,7 @@ import triton.language as tl
 from .. import device
 from ..reference import attention_ref
 from . import _tuning
-from ._checks import check_bf16_supported, check_tensor
+from ._checks import check_bf16_supported, check_sm_scale, check_tensor
 
 #: log2(e): exp(x) = exp2(x · LOG2E)
 LOG2E = 1.4426950408889634
@@ -264,18 +263,7 @@ def _check_inputs(q, k, v, sm_scale) -> None:
     if D not in SUPPORTED_HEAD_DIMS:
         raise ValueError(f"{op}: head dim D={D} unsupported: use a power of two from 16 to 128")
     check_bf16_supported(op, q)
-    if sm_scale is not None:
-        if isinstance(sm_scale, bool) or not isinstance(sm_scale, numbers.Real):
-            hint = " (a tensor: pass sm_scale.item())" if isinstance(sm_scale, torch.Tensor) else ""
-            raise TypeError(f"{op}: sm_scale must be a number, got {type(sm_scale).__name__} "
-                            f"{sm_scale!r}{hint}")
-        try:
-            finite_positive = math.isfinite(sm_scale) and sm_scale > 0
-        except OverflowError:   # an int beyond the float range
-            finite_positive = False
-        if not finite_positive:
-            raise ValueError(f"{op}: sm_scale must be a finite positive number (the default is 1/√D), "
-                             f"got {sm_scale!r}")
+    check_sm_scale(op, sm_scale)
 
 
 def _grid(B: int, H: int, S_q: int, block_m: int) -> tuple[int]:

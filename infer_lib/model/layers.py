@@ -28,9 +28,10 @@ of one contract (``AttentionBackend``):
   boolean mask over the whole cache: static shapes, so a decode step can be
   captured in a CUDA graph.
 * ``"triton"`` — ``infer_lib.kernels.flash_attention`` (GQA by indexing); with a
-  cache, one sequence at a time over its own keys. Decoding goes through
-  ``triton_decode_attention``, the one function to replace when a decode kernel
-  ``decode_attention(q, k_cache, v_cache, cache_seqlens)`` exists.
+  cache and several new tokens, one sequence at a time over its own keys. A
+  decode step (one new token per sequence) runs ``infer_lib.kernels.decode_attention``:
+  every sequence in one launch, split along the keys, lengths read on the GPU —
+  so the step captures in a CUDA graph.
 """
 
 from __future__ import annotations
@@ -199,11 +200,10 @@ def triton_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
                             cache_seqlens: torch.Tensor) -> torch.Tensor:
     """One decode step: q (B, H, 1, D) over k_cache, v_cache (B, H_kv, S_max, D), sequence
     ``b`` seeing its first ``cache_seqlens[b]`` keys (int32 (B,)). Returns (B, H, 1, D).
+    ``infer_lib.kernels.decode_attention``: one launch for the whole batch."""
+    from ..kernels import decode_attention
 
-    Until ``infer_lib.kernels`` has a decode kernel of this signature, this runs
-    ``flash_attention`` one sequence at a time; such a kernel replaces this
-    function in ``BACKENDS["triton"]`` and nothing else changes."""
-    return _triton_extend(q, k_cache, v_cache, cache_seqlens)
+    return decode_attention(q, k_cache, v_cache, cache_seqlens)
 
 
 #: backend name → its functions
