@@ -7,6 +7,7 @@ writes, fails the comparison.
 """
 
 import importlib
+import os
 
 import pytest
 import torch
@@ -25,7 +26,7 @@ IEEE_WARNINGS_EXPECTED = pytest.mark.filterwarnings("ignore:invalid value encoun
 
 
 def _inputs(B, H, H_kv, S_max, D, dtype, lengths):
-    q = torch.randn(B, H, 1, D, device=DEV, dtype=dtype)
+    q = torch.randn(B, H, D, device=DEV, dtype=dtype)
     k = torch.randn(B, H_kv, S_max, D, device=DEV, dtype=dtype)
     v = torch.randn(B, H_kv, S_max, D, device=DEV, dtype=dtype)
     return q, k, v, torch.tensor(lengths, device=DEV, dtype=torch.int32)
@@ -43,7 +44,7 @@ def _check(out, q, k, v, lens, sm_scale=None):
 SHAPES = [
     (1, 2, 2, 37, 16, [37]),
     (3, 6, 2, 70, 32, [70, 1, 33]),
-    (2, 8, 2, 48, 64, [0, 47]),
+    (2, 8, 2, 48, 64, [2, 47]),
     (2, 4, 1, 29, 128, [29, 16]),
 ]
 
@@ -74,8 +75,8 @@ def test_splits_come_from_the_shapes_only():
 def test_full_caches_match_flash_attention(dtype, poisoned_outputs):
     q, k, v, lens = _inputs(2, 6, 3, 45, 64, dtype, [45, 45])
     atol, rtol = TOLERANCES[dtype]
-    torch.testing.assert_close(decode_attention(q, k, v, lens).float(), flash_attention(q, k, v).float(),
-                               atol=2 * atol, rtol=2 * rtol)
+    torch.testing.assert_close(decode_attention(q, k, v, lens).float(),
+                               flash_attention(q[:, :, None], k, v)[:, :, 0].float(), atol=2 * atol, rtol=2 * rtol)
 
 
 def test_strided_caches_and_int64_lengths(poisoned_outputs):
@@ -83,7 +84,7 @@ def test_strided_caches_and_int64_lengths(poisoned_outputs):
     B, H, H_kv, S_max, D = 2, 4, 2, 40, 32
     k = torch.randn(B, S_max, H_kv, D, device=DEV).transpose(1, 2)
     v = torch.randn(B, S_max, H_kv, D, device=DEV).transpose(1, 2)
-    q = torch.randn(B, H, 1, 2 * D, device=DEV)[..., ::2]          # every other element
+    q = torch.randn(B, H, 2 * D, device=DEV)[..., ::2]              # every other element
     lens = torch.tensor([40, 9], device=DEV, dtype=torch.int64)
     assert not k.is_contiguous() and not q.is_contiguous()
     _check(decode_attention(q, k, v, lens), q, k, v, lens)
@@ -113,7 +114,7 @@ def test_garbage_past_the_length_never_reaches_the_output(poisoned_outputs):
 def test_special_values_propagate_as_in_the_reference(kind, poisoned_outputs):
     q, k, v, lens = _inputs(2, 4, 2, 50, 32, torch.float32, [50, 30])
     if kind == "nan query":
-        q[1, 3, 0, 5] = float("nan")
+        q[1, 3, 5] = float("nan")
     elif kind == "nan key":
         k[0, 1, 40, 2] = float("nan")                 # seen by query heads 2 and 3 of sequence 0
     elif kind == "nan value":
@@ -122,7 +123,7 @@ def test_special_values_propagate_as_in_the_reference(kind, poisoned_outputs):
         k[0, 0, 3] = float("inf")
     elif kind == "-inf scores":
         k[1, 1, :30] = float("-inf")                  # every visible key of one KV head: scores ±inf
-        q[1, 2:, 0] = q[1, 2:, 0].abs() + 0.1         # positive queries: every score -inf
+        q[1, 2:] = q[1, 2:].abs() + 0.1               # positive queries: every score -inf
     out = decode_attention(q, k, v, lens)
     want = da.decode_attention_ref(q, k, v, lens)
     assert torch.equal(out.isnan(), want.isnan()), kind
@@ -133,20 +134,34 @@ def test_special_values_propagate_as_in_the_reference(kind, poisoned_outputs):
     _check(out, q, k, v, lens)
 
 
+@pytest.mark.parametrize("bad", [0, 31, -1])
+def test_broken_lengths_are_refused_where_they_can_be_read(bad):
+    q, k, v, _ = _inputs(2, 4, 2, 30, 16, torch.float32, [1, 1])
+    lens = torch.tensor([30, bad], device=DEV, dtype=torch.int32)
+    if device.HAS_GPU:      # on a GPU the values are read only when asked: it costs a synchronisation
+        os.environ["INFER_LIB_CHECKS"] = "1"
+    try:
+        with pytest.raises(ValueError, match=f"cache_seqlens\\[1\\] = {bad} is outside 1..30"):
+            decode_attention(q, k, v, lens)
+    finally:
+        os.environ.pop("INFER_LIB_CHECKS", None)
+
+
 @IEEE_WARNINGS_EXPECTED
-def test_broken_lengths_give_nan_for_that_sequence_only(poisoned_outputs):
+def test_broken_lengths_unchecked_give_nan_for_that_sequence_only(monkeypatch, poisoned_outputs):
+    # what a GPU does without INFER_LIB_CHECKS: no error (no synchronisation), but never a plausible answer
+    monkeypatch.setattr(da, "_values_checked", lambda lens: False)
     q, k, v, _ = _inputs(4, 4, 2, 30, 16, torch.float32, [1, 1, 1, 1])
     lens = torch.tensor([30, 31, -1, 0], device=DEV, dtype=torch.int32)
     out = decode_attention(q, k, v, lens)
-    assert out[1].isnan().all() and out[2].isnan().all()
-    assert torch.isfinite(out[0]).all() and (out[3] == 0).all()
+    assert out[1:].isnan().all() and torch.isfinite(out[0]).all()
     _check(out, q, k, v, lens)
 
 
 def test_reference_is_attention_over_the_visible_keys():
     q, k, v, lens = _inputs(2, 4, 2, 12, 16, torch.float32, [12, 5])
     ref = da.decode_attention_ref(q, k, v, lens)
-    torch.testing.assert_close(ref[1:], attention_ref(q[1:], k[1:, :, :5], v[1:, :, :5]))
+    torch.testing.assert_close(ref[1:], attention_ref(q[1:, :, None], k[1:, :, :5], v[1:, :, :5])[:, :, 0])
 
 
 # ----------------------------------------------------------------------------
@@ -158,8 +173,9 @@ def _ok():
 
 
 @pytest.mark.parametrize("change, error, match", [
-    (lambda q, k, v, l: (q.expand(2, 4, 2, 16), k, v, l), ValueError, "one, \\(B, H, 1, D\\)"),
-    (lambda q, k, v, l: (q[0], k, v, l), ValueError, "must be 4-D"),
+    (lambda q, k, v, l: (q[:, :, None], k, v, l), ValueError, "for several use flash_attention"),
+    (lambda q, k, v, l: (q[0], k, v, l), ValueError, "must be 3-D"),
+    (lambda q, k, v, l: (q, k[0], v, l), ValueError, "must be 4-D"),
     (lambda q, k, v, l: (q, k, v[:, :, :8], l), ValueError, "v_cache has"),
     (lambda q, k, v, l: (q, k.half(), v, l), TypeError, "cast them to one dtype"),
     (lambda q, k, v, l: (q[:1], k, v, l), ValueError, "batch"),
@@ -209,7 +225,7 @@ GPU_ONLY = pytest.mark.skipif(not device.HAS_GPU, reason="compiled kernels only 
 @pytest.mark.parametrize("B, H, H_kv, S_max, D", [(1, 32, 8, 4096, 128), (16, 32, 8, 1000, 128),
                                                   (4, 16, 16, 2049, 64), (8, 8, 1, 777, 32)])
 def test_decode_shapes_on_gpu(B, H, H_kv, S_max, D, dtype, poisoned_outputs):
-    lengths = torch.randint(0, S_max + 1, (B,)).tolist()
+    lengths = torch.randint(1, S_max + 1, (B,)).tolist()
     lengths[0] = S_max
     q, k, v, lens = _inputs(B, H, H_kv, S_max, D, dtype, lengths)
     _check(decode_attention(q, k, v, lens), q, k, v, lens)
@@ -219,7 +235,7 @@ def test_decode_shapes_on_gpu(B, H, H_kv, S_max, D, dtype, poisoned_outputs):
 def test_a_captured_step_follows_the_lengths():
     # captured once, replayed as the lengths grow on the GPU: the graph never reads them on the host
     dtype = torch.bfloat16 if device.supports_bf16() else torch.float16
-    q, k, v, lens = _inputs(4, 8, 2, 300, 64, dtype, [10, 100, 1, 299])
+    q, k, v, lens = _inputs(4, 8, 2, 300, 64, dtype, [10, 100, 1, 297])
     decode_attention(q, k, v, lens)                       # compile outside the capture
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):

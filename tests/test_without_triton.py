@@ -122,8 +122,8 @@ SECTIONS = {
                                        F.scaled_dot_product_attention(q, k_rep, v_rep, scale=0.5),
                                        atol=1e-5, rtol=1e-5)
             lens = torch.tensor([17, 5])
-            torch.testing.assert_close(kernels.decode_attention(q[:, :, :1], k, v, lens),
-                                       kernels.decode_attention_ref(q[:, :, :1], k, v, lens))
+            torch.testing.assert_close(kernels.decode_attention(q[:, :, 0], k, v, lens),
+                                       kernels.decode_attention_ref(q[:, :, 0], k, v, lens))
             for name in ("vector_add", "softmax", "matmul", "flash_attention", "decode_attention"):
                 ref = getattr(kernels, name + "_ref")
                 assert ref.__module__ == f"infer_lib.kernels.{name}_kernel", (name, ref.__module__)
@@ -313,7 +313,7 @@ def test_fallback_computes_what_the_launchers_compute():
     q, k, v = (torch.randn(1, 2, 20, 16, device=dev) for _ in range(3))
     cases = {"vector_add": (x, y), "softmax": (s,), "matmul": (a, b), "matmul_splitk": (a[:4], b),
              "flash_attention": (q, k, v, True),
-             "decode_attention": (q[:, :, :1], k, v, torch.tensor([20], device=dev))}
+             "decode_attention": (q[:, :, 0], k, v, torch.tensor([20], device=dev))}
     for op, args in cases.items():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", _fallback.TritonNotInstalledWarning)

@@ -109,7 +109,7 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: b
 
 
 def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, cache_seqlens: torch.Tensor,
-                     sm_scale: float | None = None, *, num_splits: int | None = None) -> torch.Tensor:
+                     sm_scale: float | None = None, num_splits: int | None = None) -> torch.Tensor:
     """Without Triton: ``decode_attention_ref(q, k_cache, v_cache, cache_seqlens, sm_scale)``."""
     _note("decode_attention", "decode_attention_ref")
     return decode_attention_ref(q, k_cache, v_cache, cache_seqlens, sm_scale=sm_scale)

@@ -1,6 +1,6 @@
 """Decode attention: one new query per sequence against its KV cache, split along the keys.
 
-Math: ``q (B, H, 1, D)`` is the query of the token each of ``B`` sequences is
+Math: ``q (B, H, D)`` is the query of the token each of ``B`` sequences is
 generating; ``k_cache, v_cache (B, H_kv, S_max, D)`` hold the keys and values of
 the tokens so far, of which sequence ``b`` has ``cache_seqlens[b]`` (the new
 token's own key included). Query head ``h`` reads key/value head
@@ -9,8 +9,9 @@ token's own key included). Query head ``h`` reads key/value head
     out = softmax(q kᵀ · sm_scale) v      over the first cache_seqlens[b] keys,
 
 ``sm_scale = 1/√D`` by default. The new token is the last one, so it sees every
-key in its cache: no causal mask. A sequence with no keys returns zeros. The
-fp32 reference is ``decode_attention_ref`` below.
+key in its cache: no causal mask. Its own key and value are already in the
+cache, so every length is in ``1..S_max``. The fp32 reference is
+``decode_attention_ref`` below.
 
 Why a kernel of its own. ``flash_attention`` gives one program a tile of
 ``BLOCK_M`` queries of one head. At decode time there is one query per
@@ -42,9 +43,11 @@ NaN and ±inf as in ``flash_attention``: a NaN in a query, or in a key or value
 it sees, makes its output NaN; a ``+inf`` score gives NaN, ``-inf`` scores get
 probability 0, and a query whose scores are all ``-inf`` returns zeros. Keys
 and values past ``cache_seqlens[b]`` are never loaded, so whatever a cache
-holds there cannot reach the output. A length outside ``[0, S_max]`` is a
-broken input the kernel cannot raise on (reading it would cost a host
-synchronisation every step): that sequence's output is NaN.
+holds there cannot reach the output. A length outside ``1..S_max`` is refused
+with an error where the launcher can read the lengths for free — CPU tensors, or
+with ``INFER_LIB_CHECKS=1`` — and otherwise (reading GPU lengths would cost a host
+synchronisation every step, and cannot happen inside a CUDA graph) makes that
+sequence's output NaN: a broken length never gives a plausible answer.
 
 Memory traffic: the keys and values each sequence sees, read once
 (``2 · cache_seqlens[b] · H_kv · D`` elements), ``q`` and the output once, and
@@ -61,6 +64,7 @@ FlashInfer's and vLLM's split-KV decode kernels.
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 import triton
@@ -81,16 +85,16 @@ MAX_SPLITS = 256
 def decode_attention_ref(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                          cache_seqlens: torch.Tensor, sm_scale: float | None = None) -> torch.Tensor:
     """What ``decode_attention`` computes, in plain PyTorch (fp32 inside, cast back to q's dtype):
-    ``infer_lib.reference.attention_ref`` of each sequence's query over its first
-    ``cache_seqlens[b]`` keys; NaN for a sequence whose length is outside ``[0, S_max]``."""
+    ``infer_lib.reference.attention_ref`` of each sequence's query ``q[b] (H, D)`` over its first
+    ``cache_seqlens[b]`` keys; NaN for a sequence whose length is outside ``1..S_max``."""
     out = torch.empty_like(q)
     S_max = k_cache.shape[2]
     for b, n in enumerate(cache_seqlens.tolist()):
-        if not 0 <= n <= S_max:
+        if not 1 <= n <= S_max:
             out[b] = float("nan")
             continue
-        out[b:b + 1] = attention_ref(q[b:b + 1], k_cache[b:b + 1, :, :n], v_cache[b:b + 1, :, :n],
-                                     sm_scale=sm_scale)
+        out[b] = attention_ref(q[b, None, :, None], k_cache[b:b + 1, :, :n], v_cache[b:b + 1, :, :n],
+                               sm_scale=sm_scale)[0, :, 0]
     return out
 
 
@@ -191,28 +195,34 @@ def _decode_combine_kernel(
     den = tl.sum(w * l_s, 0)
     # den = 0: no key, or every score -inf: zeros (num is 0 too, or NaN from a NaN value)
     out = num / tl.where(den == 0.0, 1.0, den)
-    out = tl.where((length >= 0) & (length <= S_max), out, float("nan"))   # a broken length: NaN
+    out = tl.where((length >= 1) & (length <= S_max), out, float("nan"))   # a broken length: NaN
     o_ptrs = o_ptr + off_b.to(tl.int64) * stride_ob + off_h.to(tl.int64) * stride_oh + offs_d * stride_od
     tl.store(o_ptrs, out.to(o_ptr.dtype.element_ty))
+
+
+def _values_checked(cache_seqlens: torch.Tensor) -> bool:
+    """Whether the launcher reads the lengths to check them: free on the CPU; on a GPU a host
+    synchronisation (and impossible inside a CUDA graph), so only with ``INFER_LIB_CHECKS=1``."""
+    return cache_seqlens.device.type == "cpu" or os.environ.get("INFER_LIB_CHECKS") == "1"
 
 
 def _check_inputs(q, k_cache, v_cache, cache_seqlens, sm_scale, num_splits) -> None:
     op = "decode_attention"
     for name, t in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache)):
         check_tensor(op, name, t)
-        if t.dim() != 4:
-            layout = "(B, H, 1, D)" if name == "q" else "(B, H_kv, S_max, D)"
-            raise ValueError(f"{op}: {name} must be 4-D {layout}, got shape {tuple(t.shape)}")
+        want = 3 if name == "q" else 4
+        if t.dim() != want:
+            layout = "(B, H, D)" if name == "q" else "(B, H_kv, S_max, D)"
+            hint = ("; one query per sequence — for several use flash_attention"
+                    if name == "q" and t.dim() == 4 else "")
+            raise ValueError(f"{op}: {name} must be {want}-D {layout}, got shape {tuple(t.shape)}{hint}")
     for name, t in (("k_cache", k_cache), ("v_cache", v_cache)):
         if t.device != q.device:
             raise ValueError(f"{op}: q is on {q.device} but {name} is on {t.device}; put them on one device")
         if t.dtype != q.dtype:
             raise TypeError(f"{op}: q is {device.dtype_name(q.dtype)} but {name} is "
                             f"{device.dtype_name(t.dtype)}; cast them to one dtype")
-    B, H, S_q, D = q.shape
-    if S_q != 1:
-        raise ValueError(f"{op}: q has {S_q} queries per sequence (shape {tuple(q.shape)}); decoding "
-                         "takes one, (B, H, 1, D) — for several use flash_attention")
+    B, H, D = q.shape
     if k_cache.shape != v_cache.shape:
         raise ValueError(f"{op}: k_cache has shape {tuple(k_cache.shape)} but v_cache has "
                          f"{tuple(v_cache.shape)}; they must match (B, H_kv, S_max, D)")
@@ -237,6 +247,14 @@ def _check_inputs(q, k_cache, v_cache, cache_seqlens, sm_scale, num_splits) -> N
                          f"length per sequence; got {cache_seqlens.dtype} of shape {tuple(cache_seqlens.shape)}")
     if cache_seqlens.device != q.device:
         raise ValueError(f"{op}: q is on {q.device} but cache_seqlens is on {cache_seqlens.device}")
+    if _values_checked(cache_seqlens):
+        S_max = k_cache.shape[2]
+        bad = (cache_seqlens < 1) | (cache_seqlens > S_max)
+        if bool(bad.any()):
+            b = int(bad.nonzero()[0, 0])
+            raise ValueError(f"{op}: cache_seqlens[{b}] = {int(cache_seqlens[b])} is outside 1..{S_max}: "
+                             "each length counts the cached tokens of its sequence, the one being "
+                             "decoded included, in a cache of S_max positions")
     check_sm_scale(op, sm_scale)
     if num_splits is not None and (isinstance(num_splits, bool) or not isinstance(num_splits, int)
                                    or num_splits < 1):
@@ -254,22 +272,26 @@ def choose_splits(B: int, H_kv: int, S_max: int, block_n: int, programs: int) ->
 
 
 def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                     cache_seqlens: torch.Tensor, sm_scale: float | None = None, *,
+                     cache_seqlens: torch.Tensor, sm_scale: float | None = None,
                      num_splits: int | None = None) -> torch.Tensor:
-    """One decoding step of attention: ``q (B, H, 1, D)`` over ``k_cache, v_cache
+    """One decoding step of attention: ``q (B, H, D)`` over ``k_cache, v_cache
     (B, H_kv, S_max, D)``, sequence ``b`` seeing its first ``cache_seqlens[b]`` keys
-    (an int32 or int64 tensor of shape ``(B,)`` on q's device). H a multiple of H_kv;
-    D a power of two from 16 to 128; fp16, bf16 or fp32; any strides. Returns
-    ``(B, H, 1, D)`` in q's dtype: zeros for a sequence with no keys, NaN for one whose
-    length is outside ``[0, S_max]``. ``num_splits`` pins how many chunks the keys are
-    cut into (default: from the shapes and the GPU). Captures in a CUDA graph.
+    (int32, or int64, shape ``(B,)``, on q's device; each in ``1..S_max``, the token
+    being decoded included). H a multiple of H_kv; D a power of two from 16 to 128;
+    fp16, bf16 or fp32; any strides. Returns ``(B, H, D)`` in q's dtype.
+
+    Shapes, dtypes and devices are always checked; the lengths' values where that is
+    free (CPU tensors) or with ``INFER_LIB_CHECKS=1`` — on a GPU otherwise a length
+    outside ``1..S_max`` makes that sequence's output NaN. ``num_splits`` pins how many
+    chunks the keys are cut into (default: from the shapes and the GPU's SM count).
+    Captures in a CUDA graph.
     """
     _check_inputs(q, k_cache, v_cache, cache_seqlens, sm_scale, num_splits)
     if q.is_cuda and q.device.index != torch.cuda.current_device():
         # Triton launches on the current device, not on the tensors' one.
         with torch.cuda.device(q.device):
             return decode_attention(q, k_cache, v_cache, cache_seqlens, sm_scale, num_splits=num_splits)
-    B, H, _, D = q.shape
+    B, H, D = q.shape
     H_kv, S_max = k_cache.shape[1], k_cache.shape[2]
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
     if B == 0:
@@ -288,7 +310,7 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     fp32 = q.dtype == torch.float32
     _decode_split_kernel[(B * H_kv, splits)](
         q, k_cache, v_cache, cache_seqlens, o_part, m_part, l_part, sm_scale * LOG2E,
-        q.stride(0), q.stride(1), q.stride(3),
+        q.stride(0), q.stride(1), q.stride(2),
         *k_cache.stride(), *v_cache.stride(),
         H_kv, group, S_max, chunk, splits,
         HEAD_DIM=D, BLOCK_G=max(16, triton.next_power_of_2(group)), BLOCK_N=block_n,
@@ -296,7 +318,7 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
         num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     _decode_combine_kernel[(B * H,)](
         o_part, m_part, l_part, cache_seqlens, out,
-        out.stride(0), out.stride(1), out.stride(3),
+        out.stride(0), out.stride(1), out.stride(2),
         H, S_max, chunk, splits,
         HEAD_DIM=D, BLOCK_S=triton.next_power_of_2(splits), num_warps=4)
     return out

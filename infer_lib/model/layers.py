@@ -203,7 +203,7 @@ def triton_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
     ``infer_lib.kernels.decode_attention``: one launch for the whole batch."""
     from ..kernels import decode_attention
 
-    return decode_attention(q, k_cache, v_cache, cache_seqlens)
+    return decode_attention(q[:, :, 0], k_cache, v_cache, cache_seqlens).unsqueeze(2)
 
 
 #: backend name → its functions
