@@ -43,6 +43,16 @@ def _wrap(text: str) -> str:
     return "\n" + textwrap.fill(text, 100, initial_indent="   ", subsequent_indent="   ")
 
 
+def _part(check, answer, *args, name: str, **kw) -> bool:
+    """One part of a check of several: ``check`` (``check_number``, ``check_choice``), except
+    that an unanswered part's "not attempted yet" line, which carries the part's name, stays
+    within 100 characters."""
+    __tracebackhide__ = True
+    if answer is ... or answer is None:
+        return _not_attempted(name, "replace its `...`")
+    return check(answer, *args, name=name, **kw)
+
+
 def gpus_for_weights(answer) -> None:
     """Exercise 1.1: H100 SXM GPUs needed to hold Llama 3.1 405B's weights in bf16."""
     __tracebackhide__ = True
@@ -79,12 +89,13 @@ def decode_bound(time_ms, tokens_per_s) -> None:
     __tracebackhide__ = True
     h100 = hardware.SPECS[GPU]
     min_ms = PARAMS_7B * BF16_BYTES / (h100.bandwidth_GBps * 1e9) * 1e3
-    check_number(time_ms, min_ms, name="Exercise 1.3 (time per token)", unit="ms",
-                 mistakes=[(min_ms / BF16_BYTES, "that counts 1 byte per parameter; bf16 takes 2")])
-    check_number(tokens_per_s, 1e3 / min_ms, name="Exercise 1.3 (tokens/s)", unit="tokens/s",
-                 mistakes=[(BF16_BYTES * 1e3 / min_ms, "that counts 1 byte per parameter; bf16 takes 2")],
-                 explain=_wrap("A bound set by bandwidth alone: batch-1 decoding is memory-bound. "
-                               "Chapter 9 measures how close a real decoder gets."))
+    _part(check_number, time_ms, min_ms, name="Exercise 1.3 (time per token)", unit="ms",
+          mistakes=[(min_ms / BF16_BYTES, "that counts 1 byte per parameter; bf16 takes 2")])
+    _part(check_number, tokens_per_s, 1e3 / min_ms, name="Exercise 1.3 (tokens/s)",
+          unit="tokens/s",
+          mistakes=[(BF16_BYTES * 1e3 / min_ms, "that counts 1 byte per parameter; bf16 takes 2")],
+          explain=_wrap("A bound set by bandwidth alone: batch-1 decoding is memory-bound. "
+                        "Chapter 9 measures how close a real decoder gets."))
 
 
 def link_time(nvlink_ms, pcie_ms) -> None:
@@ -94,12 +105,12 @@ def link_time(nvlink_ms, pcie_ms) -> None:
     one_way = {"NVLink": h100.nvlink_GBps / 2, "PCIe": h100.pcie_GBps / 2}   # the table is bidirectional
     expected_ms = {link: NBYTES / (gbps * 1e9) * 1e3 for link, gbps in one_way.items()}
     half = "the table's figure is the sum of both directions; one direction gets half of it"
-    check_number(nvlink_ms, expected_ms["NVLink"], name="Exercise 1.4 (NVLink)", unit="ms",
-                 mistakes=[(expected_ms["NVLink"] / 2, half)])
-    check_number(pcie_ms, expected_ms["PCIe"], name="Exercise 1.4 (PCIe)", unit="ms",
-                 mistakes=[(expected_ms["PCIe"] / 2, half)],
-                 explain=_wrap(f"PCIe is {expected_ms['PCIe'] / expected_ms['NVLink']:.0f}x slower: "
-                               "data that must cross it during inference costs dearly."))
+    _part(check_number, nvlink_ms, expected_ms["NVLink"], name="Exercise 1.4 (NVLink)",
+          unit="ms", mistakes=[(expected_ms["NVLink"] / 2, half)])
+    _part(check_number, pcie_ms, expected_ms["PCIe"], name="Exercise 1.4 (PCIe)", unit="ms",
+          mistakes=[(expected_ms["PCIe"] / 2, half)],
+          explain=_wrap(f"PCIe is {expected_ms['PCIe'] / expected_ms['NVLink']:.0f}x slower: "
+                        "data that must cross it during inference costs dearly."))
 
 
 def _balance_fp16(spec: hardware.GPUSpec) -> float:
@@ -233,12 +244,12 @@ def add_relu(kernel) -> bool:
     __tracebackhide__ = True
     name = "Exercise 1.6"
     if kernel is ... or kernel is None:
-        return _not_attempted(name, "write the kernel (its body still raises NotImplementedError)")
+        return _not_attempted(name, "write the kernel's body")
     if "raise NotImplementedError" in _source(kernel):
-        return _not_attempted(name, "write the kernel (its body still raises NotImplementedError)")
+        return _not_attempted(name, "write the kernel's body")
     if not device.HAS_TRITON:
-        print(f"⏭ {name} needs Triton, which is not installed here (there are no Triton wheels for "
-              "macOS): run it on Linux or in Colab.")
+        print(f"⏭ {name} needs Triton, which is not installed here (there are no Triton wheels\n"
+              "   for macOS): run it on Linux or in Colab.")
         return False
     if not hasattr(kernel, "__getitem__"):
         raise TypeError(f"{name}: pass the kernel itself, the function decorated with @triton.jit, "
