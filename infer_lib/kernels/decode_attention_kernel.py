@@ -99,7 +99,7 @@ def decode_attention_ref(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.
 
 
 @triton.jit
-def _decode_split_kernel(
+def _decode_attention_kernel(
     q_ptr, k_ptr, v_ptr, seqlens_ptr, o_part_ptr, m_part_ptr, l_part_ptr, qk_scale,
     stride_qb, stride_qh, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
@@ -308,7 +308,7 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     m_part = torch.empty((B * H * splits,), device=q.device, dtype=torch.float32)
     l_part = torch.empty_like(m_part)
     fp32 = q.dtype == torch.float32
-    _decode_split_kernel[(B * H_kv, splits)](
+    _decode_attention_kernel[(B * H_kv, splits)](
         q, k_cache, v_cache, cache_seqlens, o_part, m_part, l_part, sm_scale * LOG2E,
         q.stride(0), q.stride(1), q.stride(2),
         *k_cache.stride(), *v_cache.stride(),
