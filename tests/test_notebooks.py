@@ -1,5 +1,6 @@
 """The chapters follow the course's conventions (nbval runs them; this checks their form)."""
 
+import re
 import sys
 from pathlib import Path
 
@@ -139,7 +140,11 @@ def test_colab_asks_for_a_gpu(path):
 
 def test_setup_cell_says_how_to_get_a_gpu_in_colab():
     src = notebooks.setup_source()
-    assert "print(device.describe())" in src
+    assert "print(textwrap.fill(device.describe(), 90" in src        # wrapped to the page
+    # every line of the Colab advice fits the page column
+    advice = src.split("not device.HAS_GPU:")[1].strip().removeprefix("print(").removesuffix(")")
+    for line in eval("(" + advice + ")").split("\n"):
+        assert len(line) <= 100, line
     assert 'if "google.colab" in sys.modules and not device.HAS_GPU:' in src
     assert "Runtime → Change runtime type" in src
     compile(src, "setup", "exec")

@@ -90,7 +90,7 @@ def setup_source(cfg: dict | None = None) -> str:
     return f'''# Setup. In Colab, install infer_lib from the course repository; Colab's own torch
 # and triton are kept (infer_lib does not pin them); on a CPU runtime, say how to get a GPU.
 # Everywhere: describe the machine.
-import subprocess, sys
+import subprocess, sys, textwrap
 
 if "google.colab" in sys.modules:
     subprocess.run([sys.executable, "-m", "pip", "install", "-q",
@@ -99,11 +99,11 @@ if "google.colab" in sys.modules:
 import infer_lib
 from infer_lib import device
 
-print(device.describe())
+print(textwrap.fill(device.describe(), 90, break_long_words=False))
 if "google.colab" in sys.modules and not device.HAS_GPU:
-    print("\\nThis Colab runtime has no GPU: the kernels run in Triton's slow CPU interpreter and "
+    print("\\nThis Colab runtime has no GPU: kernels run in Triton's slow CPU interpreter, and "
           "nothing is timed.\\nFor a GPU: Runtime → Change runtime type → Hardware accelerator: "
-          "a GPU (T4 is free) → Save, then run the notebook again from the top.")'''
+          "a GPU (T4 is free)\\n→ Save, then run the notebook again from the top.")'''
 
 
 def chapters() -> list[Path]:

@@ -45,9 +45,11 @@ def need_triton(what: str) -> bool:
             ...
     """
     if not TRITON:
-        print(f"Skipped without Triton: {what}. Triton is not installed here (there are no "
-              "Triton wheels for macOS); the rest of the chapter runs on the PyTorch references. "
-              "On Linux with an NVIDIA GPU, or in Colab, this cell runs.")
+        import textwrap
+
+        print(textwrap.fill(f"Skipped without Triton: {what}. Triton is not installed here (there are "
+                            "no Triton wheels for macOS); the rest of the chapter runs on the PyTorch "
+                            "references. On Linux with an NVIDIA GPU, or in Colab, this cell runs.", 90))
     return TRITON
 
 
