@@ -18,8 +18,9 @@ ours and every peer alike. A graph replays the kernels without the Python that
 launched them, which is how a decoding step runs in a serving engine, and the
 only way to see a 30 µs decode-shaped kernel at all on a host whose Python
 launch path costs as much (``TIMING`` says it in every file's provenance). The
-eager time of the same call, launch included (``triton.testing.do_bench``, L2
-flushed), is kept beside it as ``eager_us``. Every case but the 1024³ matmul
+eager time of the same call is kept beside it as ``eager_us``: ``triton.testing.do_bench``,
+which flushes the L2 before each call; the host queues the call while the flush
+runs, so its launch shows only where it takes longer than the flush (tens of µs). Every case but the 1024³ matmul
 moves far more than the L2 holds, so the warm L2 of graph replays changes
 little; the copy limit is timed the same way. Under ``--smoke`` the same
 plumbing runs at tiny sizes on whatever device there is and times with a wall
@@ -69,8 +70,8 @@ def value(unit: str, nbytes: int, flops: int, us: float) -> float:
 
 #: How ``us`` was timed, recorded in every bench file's provenance.
 TIMING = ("us: GPU time, median of CUDA-graph replays (triton.testing.do_bench_cudagraph, L2 warm), "
-          "launch excluded; eager_us: the eager call, launch included (triton.testing.do_bench "
-          "median, L2 flushed)")
+          "launch excluded; eager_us: one eager call right after an L2 flush (triton.testing.do_bench "
+          "median), whose host launch shows only where it outlasts the flush")
 SMOKE_TIMING = "wall clock of one call (--smoke): plumbing only, not a measurement"
 
 
@@ -80,7 +81,7 @@ def timer(smoke: bool) -> Callable[[Callable[[], object]], float]:
 
 
 def eager_timer(smoke: bool) -> Callable[[Callable[[], object]], float]:
-    """The eager call, launch included (``do_bench``, L2 flushed); a wall clock under ``--smoke``."""
+    """The eager call right after an L2 flush (``do_bench``); a wall clock under ``--smoke``."""
     return (lambda fn: measure.wall_us(fn, reps=1)) if smoke else measure.bench_us
 
 
