@@ -87,3 +87,20 @@ def check_sm_scale(op: str, sm_scale) -> None:
     if not finite_positive:
         raise ValueError(f"{op}: sm_scale must be a finite positive number (the default is 1/√D), "
                          f"got {sm_scale!r}")
+
+
+def check_heads(op: str, q, kv, kv_names: str = "k and v", head_dims=(16, 32, 64, 128)) -> None:
+    """Attention's head counts and head size: ``q``'s ``H`` (dim 1) and ``kv``'s ``H_kv`` (dim 1)
+    at least 1, ``H`` a multiple of ``H_kv`` (GQA), ``D`` (the last dim, equal on both) in
+    ``head_dims``. ``kv_names`` names the key/value tensors in the messages."""
+    H, H_kv, D = q.shape[1], kv.shape[1], q.shape[-1]
+    if H == 0:
+        raise ValueError(f"{op}: q has H=0 query heads (shape {tuple(q.shape)}); attention needs at "
+                         "least one head")
+    if H_kv == 0:
+        raise ValueError(f"{op}: {kv_names} have H_kv=0 key/value heads (shape {tuple(kv.shape)}); "
+                         "every query head needs a key/value head to read")
+    if H % H_kv != 0:
+        raise ValueError(f"{op}: H={H} query heads is not a multiple of H_kv={H_kv} key/value heads")
+    if D not in head_dims:
+        raise ValueError(f"{op}: head dim D={D} unsupported: use a power of two from 16 to 128")

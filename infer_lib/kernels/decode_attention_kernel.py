@@ -73,7 +73,7 @@ import triton.language as tl
 from .. import device
 from ..reference import attention_ref
 from . import _tuning
-from ._checks import check_bf16_supported, check_sm_scale, check_tensor
+from ._checks import check_bf16_supported, check_heads, check_sm_scale, check_tensor
 
 #: log2(e): exp(x) = exp2(x · LOG2E)
 LOG2E = 1.4426950408889634
@@ -230,14 +230,7 @@ def _check_inputs(q, k_cache, v_cache, cache_seqlens, sm_scale, num_splits) -> N
         raise ValueError(f"{op}: q has batch B={B} but the caches have B={k_cache.shape[0]}")
     if k_cache.shape[3] != D:
         raise ValueError(f"{op}: q has head dim D={D} but the caches have D={k_cache.shape[3]}")
-    H_kv = k_cache.shape[1]
-    if H == 0 or H_kv == 0:
-        raise ValueError(f"{op}: H={H} query heads and H_kv={H_kv} key/value heads: attention needs "
-                         "at least one of each")
-    if H % H_kv != 0:
-        raise ValueError(f"{op}: H={H} query heads is not a multiple of H_kv={H_kv} key/value heads")
-    if D not in SUPPORTED_HEAD_DIMS:
-        raise ValueError(f"{op}: head dim D={D} unsupported: use a power of two from 16 to 128")
+    check_heads(op, q, k_cache, "the caches", SUPPORTED_HEAD_DIMS)
     check_bf16_supported(op, q)
     if not isinstance(cache_seqlens, torch.Tensor):
         raise TypeError(f"{op}: cache_seqlens must be a torch.Tensor of B integer lengths, got "

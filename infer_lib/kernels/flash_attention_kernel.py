@@ -78,7 +78,7 @@ import triton.language as tl
 from .. import device
 from ..reference import attention_ref
 from . import _tuning
-from ._checks import check_bf16_supported, check_sm_scale, check_tensor
+from ._checks import check_bf16_supported, check_heads, check_sm_scale, check_tensor
 
 #: log2(e): exp(x) = exp2(x · LOG2E)
 LOG2E = 1.4426950408889634
@@ -251,17 +251,7 @@ def _check_inputs(q, k, v, sm_scale) -> None:
         raise ValueError(f"{op}: q has batch B={B} but k and v have B={k.shape[0]}")
     if k.shape[3] != D:
         raise ValueError(f"{op}: q has head dim D={D} but k and v have D={k.shape[3]}")
-    H_kv = k.shape[1]
-    if H == 0:
-        raise ValueError(f"{op}: q has H=0 query heads (shape {tuple(q.shape)} is (B, H, S_q, D)); "
-                         "attention needs at least one head")
-    if H_kv == 0:
-        raise ValueError(f"{op}: k and v have H_kv=0 key/value heads (shape {tuple(k.shape)} is "
-                         "(B, H_kv, S_k, D)); every query head needs a key/value head to read")
-    if H % H_kv != 0:
-        raise ValueError(f"{op}: H={H} query heads is not a multiple of H_kv={H_kv} key/value heads")
-    if D not in SUPPORTED_HEAD_DIMS:
-        raise ValueError(f"{op}: head dim D={D} unsupported: use a power of two from 16 to 128")
+    check_heads(op, q, k, "k and v", SUPPORTED_HEAD_DIMS)
     check_bf16_supported(op, q)
     check_sm_scale(op, sm_scale)
 
