@@ -73,7 +73,7 @@ import triton.language as tl
 from .. import device
 from ..reference import attention_ref
 from . import _tuning
-from ._checks import check_bf16_supported, check_heads, check_sm_scale, check_tensor
+from ._checks import check_bf16_supported, check_heads, check_same, check_sm_scale, check_tensor
 
 #: log2(e): exp(x) = exp2(x · LOG2E)
 LOG2E = 1.4426950408889634
@@ -216,12 +216,7 @@ def _check_inputs(q, k_cache, v_cache, cache_seqlens, sm_scale, num_splits) -> N
             hint = ("; one query per sequence — for several use flash_attention"
                     if name == "q" and t.dim() == 4 else "")
             raise ValueError(f"{op}: {name} must be {want}-D {layout}, got shape {tuple(t.shape)}{hint}")
-    for name, t in (("k_cache", k_cache), ("v_cache", v_cache)):
-        if t.device != q.device:
-            raise ValueError(f"{op}: q is on {q.device} but {name} is on {t.device}; put them on one device")
-        if t.dtype != q.dtype:
-            raise TypeError(f"{op}: q is {device.dtype_name(q.dtype)} but {name} is "
-                            f"{device.dtype_name(t.dtype)}; cast them to one dtype")
+    check_same(op, q=q, k_cache=k_cache, v_cache=v_cache)
     B, H, D = q.shape
     if k_cache.shape != v_cache.shape:
         raise ValueError(f"{op}: k_cache has shape {tuple(k_cache.shape)} but v_cache has "

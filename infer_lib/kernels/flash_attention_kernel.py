@@ -78,7 +78,7 @@ import triton.language as tl
 from .. import device
 from ..reference import attention_ref
 from . import _tuning
-from ._checks import check_bf16_supported, check_heads, check_sm_scale, check_tensor
+from ._checks import check_bf16_supported, check_heads, check_same, check_sm_scale, check_tensor
 
 #: log2(e): exp(x) = exp2(x · LOG2E)
 LOG2E = 1.4426950408889634
@@ -233,12 +233,7 @@ def _check_inputs(q, k, v, sm_scale) -> None:
     op = "flash_attention"
     for name, t in (("q", q), ("k", k), ("v", v)):
         check_tensor(op, name, t)
-    for name, t in (("k", k), ("v", v)):
-        if t.device != q.device:
-            raise ValueError(f"{op}: q is on {q.device} but {name} is on {t.device}; put q, k, v on one device")
-        if t.dtype != q.dtype:
-            raise TypeError(f"{op}: q is {device.dtype_name(q.dtype)} but {name} is "
-                            f"{device.dtype_name(t.dtype)}; cast q, k, v to one dtype")
+    check_same(op, q=q, k=k, v=v)
     for name, t in (("q", q), ("k", k), ("v", v)):
         if t.dim() != 4:
             layout = "(B, H, S_q, D)" if name == "q" else "(B, H_kv, S_k, D)"
