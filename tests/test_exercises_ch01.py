@@ -58,11 +58,20 @@ def test_gpus_for_weights(capsys):
         ch01.gpus_for_weights(_gpus(1))
     with pytest.raises(AssertionError, match=r"counts 4 bytes per parameter \(fp32\)"):
         ch01.gpus_for_weights(_gpus(4))
-    with pytest.raises(AssertionError, match="round up|rounding down"):
-        ch01.gpus_for_weights(_gpus(2) - 1)
+    # 10 is both the rounded-down count and the count with 80 GiB per GPU: the hint names both
+    # slips and does not say which way the answer lies ("one short" would give it away)
+    binary = math.ceil(ch01.LLAMA_PARAMS * 2 / (H100.memory_GB * 2**30))
+    for slip in {_gpus(2) - 1, binary}:
+        with pytest.raises(AssertionError, match="rounding.*decimal GB") as err:
+            ch01.gpus_for_weights(slip)
+        assert "one short" not in str(err.value) and "round up" not in str(err.value)
+    # one too many is not a GiB slip (GiB would lower the count): no GiB hint
+    with pytest.raises(AssertionError, match="more GPUs than the weights need") as err:
+        ch01.gpus_for_weights(_gpus(2) + 1)
+    assert "GiB" not in str(err.value)
     with pytest.raises(AssertionError, match="whole number"):
         ch01.gpus_for_weights(ch01.LLAMA_PARAMS * 2 / (H100.memory_GB * 1e9))
-    for slip in (_gpus(1), _gpus(4), _gpus(2) - 1):   # no hint gives the answer away
+    for slip in (_gpus(1), _gpus(4), _gpus(2) - 1, _gpus(2) + 1):   # no hint gives the answer away
         with pytest.raises(AssertionError) as err:
             ch01.gpus_for_weights(slip)
         assert not re.search(rf"\b{_gpus(2)}\b", str(err.value)), str(err.value)
@@ -79,6 +88,8 @@ def test_machine_balance(capsys):
         ch01.machine_balance(2 * _balance_bf16())
     with pytest.raises(AssertionError, match="plain FP32 peak"):
         ch01.machine_balance(H100.fp32_TFLOPs * 1e12 / (H100.bandwidth_GBps * 1e9))
+    with pytest.raises(AssertionError, match="TF32 tensor-core peak"):
+        ch01.machine_balance(H100.tf32_TFLOPs * 1e12 / (H100.bandwidth_GBps * 1e9))
 
 
 # --- 1.3 -------------------------------------------------------------------------------

@@ -79,7 +79,7 @@ def test_linear_bound(capsys):
     ch02.linear_bound("compute", ...)
     out = capsys.readouterr().out
     assert NOT_ATTEMPTED in out and "FLOP/byte" not in out   # half right: nothing that decides the other
-    for answers, match in ((("memory", "memory"), r"A100 SXM4 80GB.*multiply-add.*own HBM bandwidth"),
+    for answers, match in ((("memory", "memory"), r"A100 SXM4 80GB.*multiply-add.*own HBM bandwidth.*ridge is lower"),
                            (("compute", "compute"), r"A100 SXM4 40GB.*bytes, not elements")):
         with pytest.raises(AssertionError, match=match) as err:
             ch02.linear_bound(*answers)
@@ -130,6 +130,7 @@ def test_rms_norm_floor(capsys):
     _assert_not_attempted(capsys)
     slips = [(compute_us, "compute time"), (tensor_us, "tensor cores"), (memory_us / 2, "only the read"),
              (memory_us * 2, "4 bytes per element"), (memory_us * 1.024**3, "not 2\\*\\*30"),
+             (memory_us + compute_us, "compute time plus memory time"),   # summed the two
              (traffic / (H100.bandwidth_GBps * 1e9) * 1e6, "H100 SXM5 80GB's bandwidth"),
              (memory_us / 1e3, "factor of 1000"),           # answered in ms
              (memory_us * 3, "too large")]

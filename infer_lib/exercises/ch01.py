@@ -54,16 +54,27 @@ def _part(check, answer, *args, name: str, **kw) -> bool:
 
 
 def gpus_for_weights(answer) -> None:
-    """Exercise 1.1: H100 SXM GPUs needed to hold Llama 3.1 405B's weights in bf16."""
+    """Exercise 1.1: H100 SXM GPUs needed to hold Llama 3.1 405B's weights in bf16, with the
+    datasheet's capacity taken at face value in decimal GB (``memory_GB`` × 1e9 bytes), as the
+    exercise says. (The 80 GB are nominally binary, 80 GiB; read so, the count can only fall.)"""
     __tracebackhide__ = True
     h100 = hardware.SPECS[GPU]
     exact = LLAMA_PARAMS * BF16_BYTES / (h100.memory_GB * 1e9)
+    binary = LLAMA_PARAMS * BF16_BYTES / (h100.memory_GB * 2**30)
+    mistakes = [(math.ceil(exact / BF16_BYTES), "that counts 1 byte per parameter; bf16 takes 2 bytes"),
+                (math.ceil(exact * 2), "that counts 4 bytes per parameter (fp32); bf16 takes 2 bytes"),
+                (math.ceil(exact) + 1, "that is more GPUs than the weights need: recheck the division, "
+                                       "and round up only the fraction left over (the weights alone, "
+                                       "no room for anything else)")]
+    # Rounding down and reading the capacity as GiB can give the same count: one hint names both,
+    # without saying which way the right answer lies.
+    neutral = ("recheck two things: the rounding (a fraction of a GPU's worth still takes a whole "
+               "GPU) and the exercise's convention, the datasheet's capacity taken as decimal GB "
+               "(1e9 bytes each)")
+    mistakes += [(value, neutral) for value in {math.floor(exact), math.ceil(binary),
+                                                math.floor(binary)} if value != math.ceil(exact)]
     check_number(
-        answer, math.ceil(exact), name="Exercise 1.1", unit="GPUs", integer=True,
-        mistakes=[(math.ceil(exact / BF16_BYTES), "that counts 1 byte per parameter; bf16 takes 2 bytes"),
-                  (math.ceil(exact * 2), "that counts 4 bytes per parameter (fp32); bf16 takes 2 bytes"),
-                  (math.floor(exact), "one short: rounding down leaves part of the weights without a "
-                                      "GPU (and a GPU's memory is in GB, 1e9 bytes, not GiB)")],
+        answer, math.ceil(exact), name="Exercise 1.1", unit="GPUs", integer=True, mistakes=mistakes,
         explain=_wrap(f"{exact:.2f} GPUs' worth of memory means {math.ceil(exact)} GPUs: more than "
                       "one 8-GPU node, before a single byte of KV cache."))
 
@@ -78,7 +89,10 @@ def machine_balance(answer) -> None:
         mistakes=[(2 * balance_bf16, "that uses the sparse peak (2:4 sparsity), twice the dense one; "
                                      "ordinary matmuls get the dense figure"),
                   (h100.fp32_TFLOPs * 1e12 / (h100.bandwidth_GBps * 1e9),
-                   "that is the plain FP32 peak; the question asks for bf16 on tensor cores")],
+                   "that is the plain FP32 peak; the question asks for bf16 on tensor cores"),
+                  (h100.tf32_TFLOPs * 1e12 / (h100.bandwidth_GBps * 1e9),
+                   "that is the TF32 tensor-core peak; the question asks for bf16, which the tensor "
+                   "cores run faster")],
         explain=_wrap(f"An operation must do about {balance_bf16:.0f} FLOPs per byte it moves to keep "
                       "the tensor cores busy; below that it is memory-bound."))
 

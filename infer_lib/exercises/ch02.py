@@ -90,7 +90,8 @@ def decode_intensity(answer) -> None:
 _BOUND_HINTS = {
     "a100_80gb": ("Recount: 2 FLOPs per multiply-add, 2 bytes per bf16 element, and the bytes of X, W "
                   "and the output; then compare with this card's own ridge — dense bf16 tensor-core "
-                  "peak ÷ its own HBM bandwidth, which is higher than the 40GB card's"),
+                  "peak ÷ its own HBM bandwidth: its HBM bandwidth is higher than the 40GB card's, "
+                  "so its ridge is lower"),
     "a100_40gb": ("Count bytes, not elements (2 per bf16 value), include X and the output besides W, and "
                   "use this card's own HBM bandwidth and the dense (not the 2:4 sparse) bf16 peak"),
 }
@@ -170,6 +171,10 @@ def rms_norm_floor(answer_us) -> None:
                                                  "compute time and memory time"),
                   (op.bytes / 2 / bw * 1e6, "that counts only the read; RMSNorm also writes its output"),
                   (op.bytes * 2 / bw * 1e6, "that counts 4 bytes per element; bf16 takes 2"),
+                  ((op.flops / peak + op.bytes / bw) * 1e6,
+                   "that looks like compute time plus memory time: the two overlap, so the floor is "
+                   "the larger of them, not their sum (and GB/s on the datasheet are 1e9 bytes/s, "
+                   "not 2**30)"),
                   (op.bytes / (bw / 1.024**3) * 1e6, "GB/s on the datasheet are 1e9 bytes/s, not 2**30"),
                   (other_us, f"that uses the {other.name}'s bandwidth; the {spec.name} has faster memory")],
         explain=f"{op.bytes / 1e6:.0f} MB at {spec.bandwidth_GBps:,.0f} GB/s: memory-bound; the "
