@@ -88,7 +88,8 @@ def test_correct_answer_passes(capsys):
     (2800, "factor of 8"),
     (376.0, "GiB"),
     (123, "too small — off by less than a factor of 10"),
-    (300, "too small — close, but outside the tolerance"),
+    (340, "too small — close, but outside the tolerance"),
+    (300, "too small — off by less than a factor of 2"),
 ])
 def test_wrong_answers_get_specific_feedback(answer, hint):
     with pytest.raises(AssertionError, match=hint):

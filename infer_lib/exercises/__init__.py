@@ -77,6 +77,16 @@ def _success(name: str, message: str) -> bool:
     return True
 
 
+def check_part(check, answer, *args, name: str, **kw) -> bool:
+    """One part of a check of several: ``check`` (``check_number``, ``check_choice``) on
+    ``answer``, except that an unanswered part prints a "not attempted yet" line that names
+    the part and stays within 100 characters."""
+    __tracebackhide__ = True
+    if answer is ... or answer is None:
+        return _not_attempted(name, "replace its `...`")
+    return check(answer, *args, name=name, **kw)
+
+
 def check_number(answer, expected: float, *, name: str, unit: str = "", rel: float = 0.02,
                  integer: bool = False, mistakes: Iterable[tuple[float, str]] = (),
                  explain: str = "") -> bool:
@@ -116,7 +126,8 @@ def check_number(answer, expected: float, *, name: str, unit: str = "", rel: flo
         direction = "too large" if ratio > 1 else "too small"
         # How far off, in coarse bands only: the exact ratio would give the answer away.
         spread = max(ratio, 1 / ratio) if ratio > 0 else math.inf
-        band = ("close, but outside the tolerance" if spread < 1.5 else
+        band = ("close, but outside the tolerance" if spread < 1.1 else
+                "off by less than a factor of 2" if spread < 2 else
                 "off by less than a factor of 10" if spread < 10 else "off by more than a factor of 10")
         raise AssertionError(f"{name}: {answer:g}{u} is {direction} — {band} (tolerance ±{rel:.0%}). "
                              "Recheck each factor of the formula and its units.")

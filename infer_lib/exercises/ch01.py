@@ -22,7 +22,7 @@ import types
 import torch
 
 from .. import device, hardware
-from . import _not_attempted, check_choice, check_function, check_number
+from . import _not_attempted, check_choice, check_function, check_number, check_part
 
 if device.HAS_TRITON:
     import triton
@@ -41,16 +41,6 @@ NBYTES = 1e9          # Exercise 1.4: 1 GB, in one direction
 def _wrap(text: str) -> str:
     """An explanation on its own lines under the ✅ line, wrapped to fit 100 characters."""
     return "\n" + textwrap.fill(text, 100, initial_indent="   ", subsequent_indent="   ")
-
-
-def _part(check, answer, *args, name: str, **kw) -> bool:
-    """One part of a check of several: ``check`` (``check_number``, ``check_choice``), except
-    that an unanswered part's "not attempted yet" line, which carries the part's name, stays
-    within 100 characters."""
-    __tracebackhide__ = True
-    if answer is ... or answer is None:
-        return _not_attempted(name, "replace its `...`")
-    return check(answer, *args, name=name, **kw)
 
 
 def gpus_for_weights(answer) -> None:
@@ -103,9 +93,9 @@ def decode_bound(time_ms, tokens_per_s) -> None:
     __tracebackhide__ = True
     h100 = hardware.SPECS[GPU]
     min_ms = PARAMS_7B * BF16_BYTES / (h100.bandwidth_GBps * 1e9) * 1e3
-    _part(check_number, time_ms, min_ms, name="Exercise 1.3 (time per token)", unit="ms",
+    check_part(check_number, time_ms, min_ms, name="Exercise 1.3 (time per token)", unit="ms",
           mistakes=[(min_ms / BF16_BYTES, "that counts 1 byte per parameter; bf16 takes 2")])
-    _part(check_number, tokens_per_s, 1e3 / min_ms, name="Exercise 1.3 (tokens/s)",
+    check_part(check_number, tokens_per_s, 1e3 / min_ms, name="Exercise 1.3 (tokens/s)",
           unit="tokens/s",
           mistakes=[(BF16_BYTES * 1e3 / min_ms, "that counts 1 byte per parameter; bf16 takes 2")],
           explain=_wrap("A bound set by bandwidth alone: batch-1 decoding is memory-bound. "
@@ -119,9 +109,9 @@ def link_time(nvlink_ms, pcie_ms) -> None:
     one_way = {"NVLink": h100.nvlink_GBps / 2, "PCIe": h100.pcie_GBps / 2}   # the table is bidirectional
     expected_ms = {link: NBYTES / (gbps * 1e9) * 1e3 for link, gbps in one_way.items()}
     half = "the table's figure is the sum of both directions; one direction gets half of it"
-    _part(check_number, nvlink_ms, expected_ms["NVLink"], name="Exercise 1.4 (NVLink)",
+    check_part(check_number, nvlink_ms, expected_ms["NVLink"], name="Exercise 1.4 (NVLink)",
           unit="ms", mistakes=[(expected_ms["NVLink"] / 2, half)])
-    _part(check_number, pcie_ms, expected_ms["PCIe"], name="Exercise 1.4 (PCIe)", unit="ms",
+    check_part(check_number, pcie_ms, expected_ms["PCIe"], name="Exercise 1.4 (PCIe)", unit="ms",
           mistakes=[(expected_ms["PCIe"] / 2, half)],
           explain=_wrap(f"PCIe is {expected_ms['PCIe'] / expected_ms['NVLink']:.0f}x slower: "
                         "data that must cross it during inference costs dearly."))

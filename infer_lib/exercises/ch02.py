@@ -17,7 +17,7 @@ import random
 import torch
 
 from .. import hardware, roofline
-from . import _not_attempted, check_choice, check_function, check_number
+from . import _not_attempted, check_choice, check_function, check_number, check_part
 
 DTYPE = torch.bfloat16   # every exercise is in bf16
 DECODE_BATCH = 32        # Exercise 2.1: a linear layer X (B×d) · W (d×d) in a decoding step, B
@@ -53,16 +53,6 @@ def _number(answer, expected, *, name, unit="", rel=0.02, mistakes=(), explain="
                                  "each factor of the formula (FLOPs, bytes per element, which "
                                  "tensors move) and its units.") from None
         raise
-
-
-def _part(check, answer, *args, name: str, **kw) -> bool:
-    """One part of a check of several: ``check`` (``check_number``, ``check_choice``), except
-    that an unanswered part's "not attempted yet" line, which carries the part's name, stays
-    within 100 characters."""
-    __tracebackhide__ = True
-    if answer is ... or answer is None:
-        return _not_attempted(name, "replace its `...`")
-    return check(answer, *args, name=name, **kw)
 
 
 def _linear(batch: int, d: int) -> roofline.Op:
@@ -108,7 +98,7 @@ def linear_bound(a100_80gb_answer, a100_40gb_answer) -> None:
         spec = hardware.SPECS[key]
         expected = roofline.bound(op, spec, DTYPE)
         other = "compute" if expected == "memory" else "memory"
-        right += _part(check_choice, answer, expected, name=f"Exercise 2.2 ({spec.name})",
+        right += check_part(check_choice, answer, expected, name=f"Exercise 2.2 ({spec.name})",
                        options=BOUNDS, why={other: _BOUND_HINTS[key]})
     if right == len(BOUND_GPUS):
         balances = ", ".join(f"{roofline.machine_balance(hardware.SPECS[k], DTYPE):.0f} on the "
@@ -131,16 +121,16 @@ def fusion(bytes_unfused, bytes_fused, speedup) -> None:
     unfused, fused = _swiglu_bytes()
     n = TOKENS * D_FF
     s = roofline.bytes_per_element(DTYPE)
-    _part(
+    check_part(
         _number, bytes_unfused, unfused, name="Exercise 2.3 (bytes, two kernels)", unit="bytes",
         mistakes=[(4 * n * s, "that leaves out one trip of the intermediate silu(gate): the first "
                               "kernel writes it to HBM and the second reads it back"),
                   (3 * n * s, "that is the fused kernel's traffic; two kernels also write and read "
                               "the intermediate")])
-    _part(
+    check_part(
         _number, bytes_fused, fused, name="Exercise 2.3 (bytes, fused)", unit="bytes",
         mistakes=[(2 * n * s, "the fused kernel still reads both gate and up, and writes the output")])
-    _part(
+    check_part(
         _number, speedup, unfused / fused, name="Exercise 2.3 (speed-up)", unit="×",
         mistakes=[(fused / unfused, "that is fused ÷ unfused: the speed-up is the time before ÷ the time after"),
                   (4 / 3, "recount the unfused bytes: gate, the intermediate twice, up, and the output"),
