@@ -188,8 +188,12 @@ def test_links_work_in_colab(path):
     def no_such_page(nb):
         nb.cells.append(nbformat.v4.new_markdown_cell(f"[x]({notebooks.site_url()}chapters/99_nope.html)"))
 
+    def myst_target(nb):
+        nb.cells.append(nbformat.v4.new_markdown_cell("(my-section)=\n## A section"))
+
     assert "relative link '../glossary.md#kv-cache' is dead in Colab" in _broken(path, relative)
     assert "names no page of the book" in _broken(path, no_such_page)
+    assert "the target line (my-section)= shows as text in Jupyter and Colab" in _broken(path, myst_target)
 
 
 CODING_STUB = '''def my_softmax(x):

@@ -283,12 +283,19 @@ def problems(path: Path, cfg: dict | None = None, nb=None) -> list[str]:
     return out
 
 
+#: A MyST target line, ``(label)=``: the website reads it, Jupyter and Colab print it.
+_MYST_TARGET = re.compile(r"^\(([A-Za-z0-9_-]+)\)=\s*$", re.M)
+
+
 def _link_problems(nb, path: Path, cfg: dict | None) -> list[str]:
     """Relative links between pages (dead in Colab) and absolute links to pages the site does not have."""
     out, site, pages = [], site_url(cfg), None
     for c in nb.cells:
         if c.cell_type != "markdown":
             continue
+        for label in _MYST_TARGET.findall(c.source):
+            out.append(f"{path.name}: the target line ({label})= shows as text in Jupyter and Colab; "
+                       f'mark the section with <a id="{label}"></a> instead')
         for target in _links(c.source):
             if _is_relative(target):
                 out.append(f"{path.name}: relative link {target!r} is dead in Colab; "
