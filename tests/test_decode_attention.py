@@ -39,13 +39,15 @@ def _check(out, q, k, v, lens, sm_scale=None):
                                atol=2 * atol, rtol=2 * rtol, equal_nan=True)
 
 
-# (B, H, H_kv, S_max, D, lengths): MHA, GQA with 3 and 4 query heads per KV head, MQA;
-# lengths of 0, 1, a ragged tile, exactly S_max
+# (B, H, H_kv, S_max, D, lengths): MHA, GQA with 3, 4 and 8 query heads per KV head, MQA
+# (H_kv = 1, 4 and 8 heads); lengths of 1, 2, a ragged tile, exactly S_max
 SHAPES = [
     (1, 2, 2, 37, 16, [37]),
     (3, 6, 2, 70, 32, [70, 1, 33]),
     (2, 8, 2, 48, 64, [2, 47]),
     (2, 4, 1, 29, 128, [29, 16]),
+    (2, 16, 2, 50, 128, [50, 17]),
+    (1, 8, 1, 33, 64, [33]),
 ]
 
 
