@@ -128,7 +128,8 @@ def copy_bandwidth(nbytes: int = COPY_LIMIT_BYTES, dtype: torch.dtype = torch.fl
     dst = torch.empty_like(src)
 
     def copy():
-        torch.mul(src, 1, out=dst)   # reads src once, writes dst once; not dst.copy_(src) (see above)
+        # reads src once, writes dst once; not dst.copy_(src) (see above)
+        torch.mul(src, 1, out=dst)
 
     us = wall_us(copy, reps=1) if smoke else bench_us_hot(copy)
     del src, dst  # sweeps climb to GiB buffers: free each before the next

@@ -112,8 +112,9 @@ def attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: boo
     return out.to(q.dtype)
 
 
-def multi_head_attention_ref(x: torch.Tensor, w_q: torch.Tensor, w_k: torch.Tensor, w_v: torch.Tensor,
-                             w_o: torch.Tensor, n_heads: int, causal: bool = False) -> torch.Tensor:
+def multi_head_attention_ref(x: torch.Tensor, w_q: torch.Tensor, w_k: torch.Tensor,
+                             w_v: torch.Tensor, w_o: torch.Tensor, n_heads: int,
+                             causal: bool = False) -> torch.Tensor:
     """Multi-head self-attention, head by head, as in "Attention Is All You Need" §3.2.2.
 
     x (B, S, d); w_q, w_k, w_v, w_o (d, d), applied on the right (``x @ w_q``),

@@ -241,14 +241,18 @@ def _op_cases(dtype: torch.dtype, rows: int, cols: int, d: int, small_batch: int
     ew = roofline.elementwise
     red = roofline.reduction
     return [
-        ("elementwise", ew(n, dtype, n_inputs=2, flops_per_element=fpe["add"], name=f"add {shape}"), add),
-        ("elementwise", ew(n, dtype, flops_per_element=fpe["gelu"], name=f"gelu {shape}"), unary(F.gelu)),
-        ("elementwise", ew(n, dtype, flops_per_element=fpe["silu"], name=f"silu {shape}"), unary(F.silu)),
+        ("elementwise", ew(n, dtype, n_inputs=2, flops_per_element=fpe["add"],
+                           name=f"add {shape}"), add),
+        ("elementwise", ew(n, dtype, flops_per_element=fpe["gelu"], name=f"gelu {shape}"),
+         unary(F.gelu)),
+        ("elementwise", ew(n, dtype, flops_per_element=fpe["silu"], name=f"silu {shape}"),
+         unary(F.silu)),
         ("reduction", red(rows, cols, dtype, fpe["softmax"], name=f"softmax {shape}"),
          unary(lambda x: torch.softmax(x, dim=-1))),
         ("reduction", red(rows, cols, dtype, fpe["layer_norm"], name=f"layer_norm {shape}"),
          norm("layer_norm")),
-        ("reduction", red(rows, cols, dtype, fpe["rms_norm"], name=f"rms_norm {shape}"), norm("rms_norm")),
+        ("reduction", red(rows, cols, dtype, fpe["rms_norm"], name=f"rms_norm {shape}"),
+         norm("rms_norm")),
         ("reduction", red(rows, cols, dtype, fpe["row_sum"], out_cols=1, name=f"row sum {shape}"),
          unary(lambda x: x.sum(dim=-1))),
         ("matmul", roofline.matmul(small_batch, d, d, dtype, name=f"matmul {small_batch}×{d}×{d}"),

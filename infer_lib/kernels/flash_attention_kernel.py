@@ -180,9 +180,12 @@ def _flash_attention_kernel(
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
-    q_ptrs = q_ptr + off_b * stride_qb + off_h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd
-    k_ptrs = k_ptr + off_b * stride_kb + off_hkv * stride_kh + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd
-    v_ptrs = v_ptr + off_b * stride_vb + off_hkv * stride_vh + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd
+    q_ptrs = (q_ptr + off_b * stride_qb + off_h * stride_qh
+              + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd)
+    k_ptrs = (k_ptr + off_b * stride_kb + off_hkv * stride_kh
+              + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd)
+    v_ptrs = (v_ptr + off_b * stride_vb + off_hkv * stride_vh
+              + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd)
 
     # The q tile stays in registers for the whole loop: read once from HBM.
     q = tl.load(q_ptrs, mask=offs_m[:, None] < S_q, other=0.0)   # (BLOCK_M, D)
@@ -225,7 +228,8 @@ def _flash_attention_kernel(
         # acc may hold NaN from a value it does not see (p = 0 in a diagonal tile,
         # and 0 · NaN = NaN), so set it rather than trust l = 0. Per row: free.
         acc = tl.where((offs_m + diag >= 0)[:, None], acc, 0.0)
-    o_ptrs = o_ptr + off_b * stride_ob + off_h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od
+    o_ptrs = (o_ptr + off_b * stride_ob + off_h * stride_oh
+              + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od)
     tl.store(o_ptrs, acc.to(o_ptr.dtype.element_ty), mask=offs_m[:, None] < S_q)  # written once
 
 

@@ -131,8 +131,8 @@ def _matmul_kernel(
     offs_am = ((pid_m * BLOCK_M + tl.arange(0, BLOCK_M)) % M).to(tl.int64)
     offs_bn = ((pid_n * BLOCK_N + tl.arange(0, BLOCK_N)) % N).to(tl.int64)
     offs_k = tl.arange(0, BLOCK_K)
-    a_ptrs = a_ptr + offs_am[:, None] * stride_am + offs_k[None, :] * stride_ak  # (BLOCK_M, BLOCK_K)
-    b_ptrs = b_ptr + offs_k[:, None] * stride_bk + offs_bn[None, :] * stride_bn  # (BLOCK_K, BLOCK_N)
+    a_ptrs = a_ptr + offs_am[:, None] * stride_am + offs_k[None, :] * stride_ak  # (BM, BK)
+    b_ptrs = b_ptr + offs_k[:, None] * stride_bk + offs_bn[None, :] * stride_bn  # (BK, BN)
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)  # stays in registers for the whole loop
     for k in range(0, tl.cdiv(K, BLOCK_K)):
@@ -155,7 +155,8 @@ def _matmul_kernel(
     # Round once to the output type and write each element of c exactly once.
     offs_cm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_cn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    c_ptrs = c_ptr + offs_cm.to(tl.int64)[:, None] * stride_cm + offs_cn.to(tl.int64)[None, :] * stride_cn
+    c_ptrs = (c_ptr + offs_cm.to(tl.int64)[:, None] * stride_cm
+              + offs_cn.to(tl.int64)[None, :] * stride_cn)
     mask = (offs_cm[:, None] < M) & (offs_cn[None, :] < N)
     tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=mask)
 
@@ -183,7 +184,8 @@ def _tuning_key(M: int, N: int, K: int, dtype: torch.dtype, index, precision: st
     return (_tuning.bucket(M), N, K, dtype, index, precision)
 
 
-def matmul(a: torch.Tensor, b: torch.Tensor, *, config: triton.Config | None = None) -> torch.Tensor:
+def matmul(a: torch.Tensor, b: torch.Tensor, *,
+           config: triton.Config | None = None) -> torch.Tensor:
     """``a @ b`` for 2-D ``a (M, K)`` and ``b (K, N)`` of one dtype (fp16, bf16
     or fp32) on one device; returns ``(M, N)`` in that dtype. Any strides.
 

@@ -100,7 +100,7 @@ def _softmax_kernel(x_ptr, out_ptr, n_rows, n_cols, stride_x, stride_out,
     offs_c = tl.arange(0, BLOCK)
     for tile in tl.range(pid, n_tiles, tl.num_programs(0), num_stages=NUM_STAGES):
         offs_r = tile * ROWS + tl.arange(0, ROWS)                 # (ROWS,)
-        row_ok = offs_r < n_rows                                  # the last tile may run past n_rows
+        row_ok = offs_r < n_rows                           # the last tile may run past n_rows
         mask = row_ok[:, None] & (offs_c[None, :] < n_cols)       # (ROWS, BLOCK)
         rows = offs_r.to(tl.int64)[:, None]  # int64: row · stride may pass 2**31
         # Read once from HBM; padding reads as -inf so it gets probability 0.
@@ -115,7 +115,7 @@ def _softmax_kernel(x_ptr, out_ptr, n_rows, n_cols, stride_x, stride_out,
         # NaN through IEEE arithmetic, as torch.softmax does. Both wheres act
         # on (ROWS,) scalars: free.
         m = tl.where(row_ok, tl.max(x, axis=1), 0.0)             # (ROWS,)
-        e = tl.exp(x - m[:, None])                                # in [0, 1] for a finite m: no overflow
+        e = tl.exp(x - m[:, None])                # in [0, 1] for a finite m: no overflow
         s = tl.sum(e, axis=1)                                     # (ROWS,) in [1, n], or NaN
         out = e * (1.0 / tl.where(row_ok, s, 1.0))[:, None]       # one division per row
         tl.store(out_ptr + rows * stride_out + offs_c[None, :],
@@ -134,7 +134,8 @@ def _softmax_online_kernel(x_ptr, out_ptr, n_cols, stride_x, stride_out, BLOCK: 
     s = tl.sum(tl.zeros([BLOCK], tl.float32), axis=0)                   # scalar 0
     for start in range(0, n_cols, BLOCK):
         cols = start + offs
-        x = tl.load(x_row + cols, mask=cols < n_cols, other=float("-inf")).to(tl.float32)  # (BLOCK,)
+        x = tl.load(x_row + cols, mask=cols < n_cols,
+                    other=float("-inf")).to(tl.float32)                   # (BLOCK,)
         m_new = tl.maximum(m, tl.max(x, axis=0))                                            # scalar
         # Until a finite entry has been seen m_new is -inf; shift by 0 instead
         # (exp(-inf - 0) = 0) so that leading masked blocks add 0, not
@@ -150,7 +151,8 @@ def _softmax_online_kernel(x_ptr, out_ptr, n_cols, stride_x, stride_out, BLOCK: 
     # Pass 2: read the row again, normalise, write it once.
     for start in range(0, n_cols, BLOCK):
         cols = start + offs
-        x = tl.load(x_row + cols, mask=cols < n_cols, other=float("-inf")).to(tl.float32)  # (BLOCK,)
+        x = tl.load(x_row + cols, mask=cols < n_cols,
+                    other=float("-inf")).to(tl.float32)                   # (BLOCK,)
         out = tl.exp(x - m) * inv_s
         tl.store(out_row + cols, out.to(out_ptr.dtype.element_ty), mask=cols < n_cols)
 
@@ -195,9 +197,9 @@ def softmax(x: torch.Tensor) -> torch.Tensor:
                          "dimension, so x needs at least one dimension")
     n_cols = x.shape[-1]
     if x.numel() > 0 and n_cols > 1 and x.stride(-1) != 1:
-        raise ValueError(f"softmax: the last dimension of x must be contiguous (stride 1), got strides "
-                         f"{tuple(x.stride())}; the kernel reads each row as one run of memory — "
-                         "call .contiguous() first")
+        raise ValueError(f"softmax: the last dimension of x must be contiguous (stride 1), got "
+                         f"strides {tuple(x.stride())}; the kernel reads each row as one run of "
+                         "memory — call .contiguous() first")
     out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     if x.numel() == 0:
         return out

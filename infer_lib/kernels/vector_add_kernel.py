@@ -56,11 +56,11 @@ def vector_add(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         with torch.cuda.device(x.device):
             return vector_add(x, y)
     if x.shape != y.shape:
-        raise ValueError(f"vector_add: x has shape {tuple(x.shape)} but y has shape {tuple(y.shape)}; "
-                         "the kernel adds elementwise and does not broadcast")
+        raise ValueError(f"vector_add: x has shape {tuple(x.shape)} but y has shape "
+                         f"{tuple(y.shape)}; the kernel adds elementwise and does not broadcast")
     if not (x.is_contiguous() and y.is_contiguous()):
-        raise ValueError("vector_add: x and y must be contiguous (the kernel walks memory linearly); "
-                         "call .contiguous() first")
+        raise ValueError("vector_add: x and y must be contiguous (the kernel walks memory "
+                         "linearly); call .contiguous() first")
     out = torch.empty_like(x)
     n = out.numel()
     if n == 0:
