@@ -38,6 +38,7 @@ They are built from the generic checks of this module, which
 from __future__ import annotations
 
 import math
+import textwrap
 from typing import Callable, Iterable, Sequence
 
 import torch
@@ -51,7 +52,8 @@ NOT_ATTEMPTED = "not attempted yet"
 
 def _not_attempted(name: str, what: str = "replace the `...` with your answer") -> bool:
     """Say that the exercise is still open and return False; never raise (see the module docstring)."""
-    print(f"⏳ {name} — {NOT_ATTEMPTED}: {what} and run this cell again.")
+    print(textwrap.fill(f"⏳ {name} — {NOT_ATTEMPTED}: {what} and run this cell again.", 100,
+                        subsequent_indent="   ", break_long_words=False))
     return False
 
 
