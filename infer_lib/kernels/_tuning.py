@@ -373,20 +373,36 @@ def _sm_count(index: int) -> int:
 # decode_attention (chapter 5)
 # ----------------------------------------------------------------------------
 
-def decode_attention_config(element_size: int, head_dim: int, max_smem: int | None = None) -> triton.Config:
-    """``BLOCK_N`` (keys per step), ``num_warps`` and ``num_stages`` of the split-KV decode kernel.
+def _da(block_n: int, stages: int, warps: int = 4) -> triton.Config:
+    return triton.Config({"BLOCK_N": block_n}, num_warps=warps, num_stages=stages)
 
-    Not tuned on a GPU yet: 64 keys a step over 4 warps, two K and two V tiles in flight,
-    halved until they fit the device's shared memory (a T4's 64 KB with fp32 at D = 128).
-    The interpreter takes 16 keys a step, so the tests' short caches span several steps.
-    """
-    if device.INTERPRET:
-        return triton.Config({"BLOCK_N": 16}, num_warps=4, num_stages=1)
-    limit = max_shared_memory() if max_smem is None else max_smem
-    stages, block_n = 2, 64
-    while block_n > 16 and 2 * stages * block_n * head_dim * element_size + 16 * 1024 > limit:
-        block_n //= 2
-    return triton.Config({"BLOCK_N": block_n}, num_warps=4, num_stages=stages)
+
+def _da_smem(config: triton.Config, element_size: int, shape: dict) -> int:
+    """``num_stages`` buffers of one K and one V tile, ``BLOCK_N × D`` each."""
+    return max(config.num_stages, 1) * 2 * config.kwargs["BLOCK_N"] * shape["D"] * element_size
+
+
+DECODE_ATTENTION = KernelConfigs(
+    name="decode_attention",
+    lists={
+        # Not yet measured on a GPU: the first call on a large cache times these (the whole
+        # step, split and combine, from CUDA-graph replays) and keeps the fastest. A decode
+        # step streams the cache: long K/V tiles and deep pipelines keep more bytes in flight.
+        "hopper": [_da(bn, s, w) for bn in (64, 128) for s in (2, 3, 4) for w in (4, 8)]
+                  + [_da(32, s, 4) for s in (3, 4)],
+        "default": [_da(bn, s, 4) for bn in (32, 64) for s in (2, 3)],
+    },
+    smem_bytes=_da_smem,
+    # 64 keys a step over 4 warps, two K and two V tiles in flight, smaller where that does
+    # not fit (a T4's 64 KB with fp32 at D = 128).
+    fallbacks=[_da(64, 2), _da(32, 2), _da(16, 1)],
+    # 16 keys a step: the tests' short caches span several steps and several splits.
+    interpreter=_da(16, 1),
+)
+
+#: Caches smaller than this (K and V bytes, ``2 · B · H_kv · S_max · D · element size``) are
+#: not tuned: their step takes a few µs and the fallback serves.
+DECODE_ATTENTION_TUNE_MIN_BYTES = 16 * 2**20
 
 
 # ----------------------------------------------------------------------------

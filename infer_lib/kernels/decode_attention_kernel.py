@@ -232,7 +232,8 @@ def _check_inputs(q, k_cache, v_cache, cache_seqlens, sm_scale, num_splits) -> N
                         f"{type(cache_seqlens).__name__}")
     if cache_seqlens.dtype not in (torch.int32, torch.int64) or cache_seqlens.shape != (B,):
         raise ValueError(f"{op}: cache_seqlens must be an int32 or int64 tensor of shape ({B},), one "
-                         f"length per sequence; got {cache_seqlens.dtype} of shape {tuple(cache_seqlens.shape)}")
+                         f"length per sequence; got {cache_seqlens.dtype} of shape "
+                         f"{tuple(cache_seqlens.shape)}")
     if cache_seqlens.device != q.device:
         raise ValueError(f"{op}: q is on {q.device} but cache_seqlens is on {cache_seqlens.device}")
     if _values_checked(cache_seqlens):
@@ -285,8 +286,28 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     if B == 0:
         return out
     sm_scale = 1.0 / math.sqrt(D) if sm_scale is None else float(sm_scale)
+
+    def launch(cfg: triton.Config):
+        _launch(q, k_cache, v_cache, cache_seqlens, out, sm_scale, num_splits, cfg)
+
+    # Tuned once per (bucketed) shape on a GPU, timing the whole step; the lengths do not matter.
+    key = ("decode", _tuning.bucket(B), H_kv, H // H_kv, _tuning.bucket(S_max), D, q.dtype,
+           q.device.index)
+    cache_bytes = 2 * B * H_kv * S_max * D * q.element_size()
+    config = _tuning.DECODE_ATTENTION.choose(
+        key, launch, tune=cache_bytes >= _tuning.DECODE_ATTENTION_TUNE_MIN_BYTES,
+        element_size=q.element_size(), shape={"D": D})
+    launch(config)
+    return out
+
+
+def _launch(q, k_cache, v_cache, cache_seqlens, out, sm_scale: float, num_splits: int | None,
+            cfg: triton.Config) -> None:
+    """The two kernels with ``cfg``: the split kernel over ``(B · H_kv, splits)`` programs, then
+    the combine over ``B · H`` (its partials are scratch, allocated per call)."""
+    B, H, D = q.shape
+    H_kv, S_max = k_cache.shape[1], k_cache.shape[2]
     group = H // H_kv
-    cfg = _tuning.decode_attention_config(q.element_size(), D)
     block_n = cfg.kwargs["BLOCK_N"]
     splits = num_splits or choose_splits(B, H_kv, S_max, block_n, 2 * _tuning.sm_count())
     splits = max(1, min(splits, MAX_SPLITS))
@@ -309,4 +330,3 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
         out.stride(0), out.stride(1), out.stride(2),
         H, S_max, chunk, splits,
         HEAD_DIM=D, BLOCK_S=triton.next_power_of_2(splits), num_warps=4)
-    return out
