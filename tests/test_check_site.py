@@ -69,8 +69,8 @@ def site(tmp_path_factory) -> Path:
         '<p><a href="chapters/ch.html#sec">ok</a> <a href="#top">ok</a> <a href="chapters/">dir</a>'
         ' <a href="https://example.org/x">external</a> <a href="mailto:a@b.c">mail</a></p>'
         '<p><a href="chapters/ch.html#nope">bad anchor</a> <a href="missing.html">bad page</a></p>'
-        '<img src="_images/good.png"><img src="_images/ok.svg">'
-        '<img src="_images/empty.png"><img src="_images/fake.png"><img src="_images/gone.png">'
+        '<img src="_images/good.png" alt="A red square."><img src="_images/ok.svg" alt="Nothing.">'
+        '<img src="_images/empty.png" alt="e"><img src="_images/fake.png" alt="f"><img src="_images/gone.png" alt="g">'
         '<p>Plain text with leftover TeX: $$x^2$$ and \\(y\\) and \\text{BLOCK}.</p>'
         '<pre>code may say $$ and \\begin{x}</pre>',
         '<script src="https://cdn.jsdelivr.net/npm/mathjax@3/es5/tex-mml-chtml.js"></script>'))
@@ -114,6 +114,42 @@ def test_html_checks(site: Path) -> None:
     assert len(fails) == 6, fails
     assert messages(reports, "index.html") == ([], [])
     assert messages(reports, "chapters/ch.html") == ([], [])
+
+
+def test_content_figures_need_alt_text(tmp_path: Path) -> None:
+    (tmp_path / "_images").mkdir()
+    (tmp_path / "_images" / "fig.png").write_bytes(png())
+    header = '<header><img src="_images/fig.png"></header>'  # the theme's logo: not the content
+    (tmp_path / "index.html").write_text(page(
+        header + '<main><article>'
+        '<img src="_images/fig.png">'                                  # none
+        '<img src="_images/fig.png" alt=" ">'                          # empty
+        '<img src="_images/fig.png" alt="_images/fig.png">'            # docutils' default
+        '<p><img src="_images/fig.png" alt="fig.png"></p>'             # its file name
+        '</article></main>'))
+    (tmp_path / "good.html").write_text(page(
+        header + '<main><article>'
+        '<img src="_images/fig.png" alt="Time against problem size: the kernel follows the copy bandwidth.">'
+        '</article></main>'))
+    reports, _ = check_site.check_site(tmp_path, browser=False, log=lambda *a: None)
+    fails, _ = messages(reports, "index.html")
+    assert [f.split(" (")[0] for f in fails] == [
+        "figure: _images/fig.png has no alt text",
+        "figure: _images/fig.png has empty alt text",
+        "figure: _images/fig.png has only its file name as alt text",
+        "figure: _images/fig.png has only its file name as alt text",
+    ], fails
+    assert all("mystnb: image: alt:" in f for f in fails)
+    assert messages(reports, "good.html") == ([], [])
+
+
+def test_alt_text_scope_falls_back_to_main_then_page(tmp_path: Path) -> None:
+    (tmp_path / "index.html").write_text(page(
+        '<nav><img src="data:," alt=""></nav><main><img src="data:,"></main>'))
+    (tmp_path / "bare.html").write_text(page('<img src="data:,">'))
+    reports, _ = check_site.check_site(tmp_path, browser=False, log=lambda *a: None)
+    assert ["has no alt text" in f for f in messages(reports, "index.html")[0]] == [True]
+    assert ["has no alt text" in f for f in messages(reports, "bare.html")[0]] == [True]
 
 
 @pytest.fixture(scope="module")

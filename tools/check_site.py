@@ -18,7 +18,11 @@ network. For each page it checks:
   ``\\text{}``, and no raw TeX (``$$``, ``\\(``, ``\\text{``, ``\\begin``, ...) left in the
   visible text outside code;
 - figures: every ``img`` loaded in the browser (``naturalWidth > 0``) and every image
-  file the page references present, non-empty and a PNG, SVG, JPEG or GIF;
+  file the page references present, non-empty and a PNG, SVG, JPEG or GIF; every ``img``
+  of the page's content (its ``<article>``, else its ``<main>``, else the whole page: not
+  the theme's header and sidebars) has alt text — not none, not empty, and not its own file
+  name, which is what docutils writes when a notebook gives none (a chapter's figure gets
+  it from its cell's metadata, ``mystnb: image: alt:``);
 - solutions: every cell tagged ``solution`` (as many as the chapter's notebook has)
   has its input folded in a closed toggle and no visible output;
 - links: every ``href``/``src`` to a file of the site exists, and so does every
@@ -122,8 +126,20 @@ class _PageParser(html.parser.HTMLParser):
         self.refs: list[tuple[str, str, str]] = []  # (tag, attribute, url)
         self.scripts: list[str] = []
         self.refresh: str | None = None
+        # Every <img>: (src, alt or None when absent, inside an <article>, inside a <main>).
+        self.images: list[tuple[str, str | None, bool, bool]] = []
+        self.has_article = self.has_main = False
+        self._depth = {"article": 0, "main": 0}
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in self._depth:
+            self._depth[tag] += 1
+            self.has_article |= tag == "article"
+            self.has_main |= tag == "main"
+        if tag == "img":
+            alt = next((v or "" for k, v in attrs if k == "alt"), None)
+            src = next((v or "" for k, v in attrs if k == "src"), "")
+            self.images.append((src, alt, self._depth["article"] > 0, self._depth["main"] > 0))
         a = {k: (v or "") for k, v in attrs}
         if "id" in a:
             self.ids.add(a["id"])
@@ -139,6 +155,19 @@ class _PageParser(html.parser.HTMLParser):
             if m:
                 self.refresh = m.group(1).strip().strip("'\"")
                 self.refs.append(("meta", "refresh", self.refresh))
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in self._depth and self._depth[tag] > 0:
+            self._depth[tag] -= 1
+
+    def content_images(self) -> list[tuple[str, str | None]]:
+        """(src, alt) of the images of the page's content: its <article>s, else its <main>,
+        else the whole page (the theme's logo and header are outside both)."""
+        if self.has_article:
+            return [(src, alt) for src, alt, in_article, _ in self.images if in_article]
+        if self.has_main:
+            return [(src, alt) for src, alt, _, in_main in self.images if in_main]
+        return [(src, alt) for src, alt, _, _ in self.images]
 
 
 @functools.lru_cache(maxsize=None)
@@ -176,6 +205,20 @@ def image_problem(path: Path) -> str | None:
         return None if data.startswith(b"\xff\xd8") else "not a JPEG"
     if suffix == ".gif":
         return None if data[:6] in (b"GIF87a", b"GIF89a") else "not a GIF"
+    return None
+
+
+def alt_problem(src: str, alt: str | None) -> str | None:
+    """Why an image's alt text does not describe it, or None."""
+    if alt is None:
+        return "has no alt text"
+    text = alt.strip()
+    if not text:
+        return "has empty alt text"
+    path = urllib.parse.unquote(urllib.parse.urlsplit(src).path)
+    if text in (src, path, path.rsplit("/", 1)[-1]):
+        # docutils' default when none is given: a notebook's image output gets its file's path.
+        return "has only its file name as alt text"
     return None
 
 
@@ -219,6 +262,11 @@ def check_static(site: Path, page: str, report: PageReport) -> None:
                 report.fail(f"figure: {url} is {problem}")
         if fragment and target.suffix == ".html" and fragment not in parse_page(target).ids:
             report.fail(f"link: <a href={url!r}>: no id {fragment!r} in {target.relative_to(site_root)}")
+    for src, alt in parsed.content_images():
+        problem = alt_problem(src, alt)
+        if problem:
+            report.fail(f"figure: {short(src, 90)} {problem} (a chapter's figure: "
+                        f"its cell's metadata mystnb: image: alt:)")
     text = (site / page).read_text(encoding="utf-8", errors="replace")
     for url in sorted(u for u in set(CDN_MATHJAX.findall(text)) if is_mathjax_cdn(u)):
         report.fail(f"CDN: the HTML names {url!r} (MathJax must come from _static/mathjax/)")
