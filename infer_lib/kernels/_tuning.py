@@ -245,6 +245,14 @@ MATMUL = KernelConfigs(
     interpreter=_mm(32, 32, 32, 1, 4),
 )
 MATMUL.lists["default"] = MATMUL.lists["small_smem"]
+# A Hopper also times the Ampere and small-shared-memory configurations of 64×64 tiles and more
+# (smaller ones leave a warpgroup's wgmma half idle): the pre-refactor autotuner timed all
+# three lists and ran 4096³ at 661/628 TFLOP/s (bf16/fp16) on the H200, against 607/591 with
+# the Hopper list alone (2026-12-01/02, tools/TUNING_NOTES.md). Which of them wins there is
+# still to be measured.
+MATMUL.lists["hopper"] = list({str(c): c for c in MATMUL.lists["hopper"] + [
+    c for c in MATMUL.lists["ampere"] + MATMUL.lists["small_smem"]
+    if min(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) >= 64]}.values())
 
 #: Products with ``M·N·K`` below this (256³) are not tuned: they take a few µs,
 #: mostly launch latency, and timing a dozen configurations would cost far more
