@@ -138,12 +138,18 @@ def test_tile_traffic(capsys):
              ((3 * ch03.PRODUCT_N**2 * 2 / 1e9, naive / tiled), "the minimum, every element read once"),
              ((tiled / 2, naive / tiled), "or elements instead of bytes"),
              ((tiled * 2**30 / 1e9, naive / tiled), "GiB"),
-             ((tiled, _naive_GB(reads_per_output=1) / tiled), "factor of 2: the naive kernel reads 2·K"),
+             ((tiled * 2, naive / tiled), "a tile half as wide"),
+             ((tiled, _naive_GB(reads_per_output=1) / tiled), "the naive kernel reads 2·K"),
+             # elements over bytes, and bytes over elements
+             ((tiled, (naive / 2) / tiled), "one count in elements and the other in bytes"),
+             ((tiled, naive / (tiled / 2)), "one count in bytes and the other in elements"),
              ((tiled, tiled / naive), "inverted")]
     for args, match in slips:
         hint = _hint(ch03.tile_traffic, *args)
         assert match in hint, hint
         _assert_not_given(hint.split("is not right")[-1].split(" is off")[-1], tiled, naive / tiled)
+    # a byte count off by 2 never gets the FLOPs hint of the generic factor-of-2 message
+    assert "FLOPs" not in _hint(ch03.tile_traffic, tiled * 2, naive / tiled)
 
 
 # --- 3.4 -------------------------------------------------------------------------------
@@ -165,6 +171,12 @@ def test_time_floor(capsys):
         ch03.time_floor(_floor_us(H100.bandwidth_GBps, bytes_per_weight=1), measured)
     with pytest.raises(AssertionError, match="datasheet floor again"):
         ch03.time_floor(datasheet, datasheet)
+    # the success line of the measured part speaks of the measured ceilings only
+    ch03.time_floor(datasheet, measured)
+    out = capsys.readouterr().out.splitlines()[-1]
+    limits = measure.load_reference("bench")["limits"]
+    m_compute_us = 2 * ch03.LLAMA_D * ch03.LLAMA_FF / (limits["matmul_TFLOPs"]["bfloat16"] * 1e12) * 1e6
+    assert "measured matmul ceiling" in out and f"{m_compute_us:.2f} µs" in out, out
 
 
 # --- 3.5 (coding) ----------------------------------------------------------------------
@@ -210,7 +222,20 @@ _SLIPS = {
     "the minimum": lambda M, N, K, bm, bn, s: (M * K + K * N) * s,
     "naive kernel": lambda M, N, K, bm, bn, s: 2 * M * N * K * s,
     "c is written": lambda M, N, K, bm, bn, s: _reads(M, N, K, bm, bn, s) + M * N * s,
+    # K rounded up to a multiple of BLOCK_K (not an argument: a reader picks one, or reuses a tile side)
+    "K is rounded up": lambda M, N, K, bm, bn, s: _reads(M, N, -(-K // 64) * 64, bm, bn, s),
 }
+
+
+@pytest.mark.parametrize("block_k", [16, 32, 128, "BLOCK_M", "BLOCK_N"])
+def test_tiled_read_bytes_k_rounded_up(block_k):
+    def rounds_k_up(M, N, K, bm, bn, s):
+        bk = {"BLOCK_M": bm, "BLOCK_N": bn}.get(block_k, block_k)
+        return _reads(M, N, math.ceil(K / bk) * bk, bm, bn, s)
+
+    hint = _hint(ch03.tiled_read_bytes, rounds_k_up)
+    assert "K is rounded up" in hint and "masked" in hint, hint
+    assert "return " not in hint and "ceil(" not in hint and "//" not in hint
 
 
 @pytest.mark.parametrize("slip", list(_SLIPS))

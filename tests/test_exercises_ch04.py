@@ -69,6 +69,16 @@ def test_naive_score_traffic(capsys):
         _hint(ch04.naive_score_traffic, _score_GB(), _score_GB() / _flash_GB(3), match="also writes"),
         _hint(ch04.naive_score_traffic, _score_GB(), _flash_GB() / _score_GB(), match="upside down"),
         _hint(ch04.naive_score_traffic, _score_GB(), 0.7 * right[1], match="too small"),
+        # q, k, v and the output counted too, in either part
+        _hint(ch04.naive_score_traffic, _score_GB() + _flash_GB(), 1, match="includes the reads of q, k, v"),
+        _hint(ch04.naive_score_traffic, _score_GB(), (_score_GB() + _flash_GB()) / _flash_GB(),
+              match="whole traffic; the numerator is the score matrix's traffic alone"),
+        # a mask step counted (a read and a write of the scores), with or without the bool mask read
+        _hint(ch04.naive_score_traffic, _score_GB(8), 1, match="counts a mask step; this attention is not causal"),
+        _hint(ch04.naive_score_traffic, _score_GB(8) + ch04.NAIVE_SHAPE["S"] ** 2 / 1e9, 1,
+              match="mask step"),
+        _hint(ch04.naive_score_traffic, _score_GB(8) + _flash_GB(), 1, match="mask step"),
+        _hint(ch04.naive_score_traffic, _score_GB() * 1e3, 1, match="that is MB"),
     ]
     for hint in hints:
         assert not _gives_away(hint, *right) and "6 passes" not in hint, hint
@@ -102,6 +112,11 @@ def test_online_update(capsys):
     ]
     for hint in hints:
         assert "±0%" not in hint and not _gives_away(hint, l_new) and "by a factor of" not in hint, hint
+    # m and l have no unit: no hint about units, GB vs GiB or unit prefixes
+    for wrong in (l_new * 1.0737, l_new * 1000, l_new * 3, l_new / 2):
+        hint = _hint(ch04.online_update, m_new, wrong, match="Recheck each term")
+        assert not re.search(r"unit|GiB|prefix", hint), hint
+        assert not _gives_away(hint, l_new), hint
 
 
 # --- 4.3 -------------------------------------------------------------------------------
@@ -147,8 +162,18 @@ def test_causal_tiles(capsys):
         ch04.causal_tiles(skipped, 0)
     hint = _hint(ch04.causal_tiles, skipped, 2 * masked, match="too many")
     assert "one key tile" not in hint and "tile_map" not in hint
-    with pytest.raises(ValueError, match="not one of the options"):
+    with pytest.raises(ValueError, match="not a possible count"):
         ch04.causal_tiles(-1, masked)
+    # a fraction says a whole number is expected, without listing every option
+    for frac in ((skipped + 0.5, masked), (skipped, masked - 0.5)):
+        with pytest.raises(ValueError, match="expected a whole number") as err:
+            ch04.causal_tiles(*frac)
+        assert "[" not in str(err.value) and "options" not in str(err.value), err.value
+    with pytest.raises(TypeError, match="whole number"):
+        ch04.causal_tiles("six", masked)
+    capsys.readouterr()
+    ch04.causal_tiles(float(skipped), float(masked))    # 6.0 is a whole number
+    assert capsys.readouterr().out.count("✅") == 2
 
 
 # --- 4.4 -------------------------------------------------------------------------------
@@ -176,6 +201,10 @@ def test_flash_kv_reads(capsys):
     assert not _gives_away(hint, programs * per_tile / 1e9, f["S"] // f["BLOCK_M"]), hint
     with pytest.raises(AssertionError, match="HBM minimum"):
         ch04.flash_kv_reads(per_tile / 1e6, 2 * f["B"] * f["H_kv"] * f["S"] * f["D"] * BF16_BYTES / 1e9)
+    # MB entered for GB, and GB for MB: the units named, not just "too large"
+    hint = _hint(ch04.flash_kv_reads, per_tile / 1e6, programs * per_tile / 1e6, match="that is MB.*asks for GB")
+    assert not _gives_away(hint, programs * per_tile / 1e9), hint
+    _hint(ch04.flash_kv_reads, per_tile / 1e9, 1, match="that is GB.*asks for MB")
 
 
 # --- 4.5 (coding) ----------------------------------------------------------------------
@@ -244,6 +273,18 @@ def _block_only(m, l, block):
     return bm, torch.exp(block - bm[:, None]).sum(dim=1)
 
 
+def _flt_max_floor(m, l, block):
+    """The kernel's trick: the running max never goes below −FLT_MAX, so no shift is ever −inf."""
+    m_new = torch.maximum(m, block.amax(dim=1)).clamp(min=torch.finfo(torch.float32).min)
+    return m_new, l * torch.exp(m - m_new) + torch.exp(block - m_new[:, None]).sum(dim=1)
+
+
+def _big_floor(m, l, block):
+    """The same with a floor of one's own, −1e30."""
+    m_new = torch.maximum(torch.maximum(m, block.amax(dim=1)), torch.tensor(-1e30))
+    return m_new, l * torch.exp(m - m_new) + torch.exp(block - m_new[:, None]).sum(dim=1)
+
+
 def _sums_wrong_dim(m, l, block):
     m_new, l_new = _right_step(m, l, block)
     return m_new, l_new.sum(dim=0, keepdim=True)
@@ -269,6 +310,8 @@ def test_online_softmax_step(capsys):
         (_block_only, "only look at the new block"),
         (_no_guard, "NaN for a row that has seen only −inf"),
         (_shifted_max_returned, "must keep m_new = −inf"),
+        (_flt_max_floor, "kernel's −FLT_MAX floor.*must stay −inf"),
+        (_big_floor, "kernel's −FLT_MAX floor"),
         (_in_place, "changed its inputs in place"),
         (_sums_wrong_dim, "shape"),
         (lambda m, l, block: None, "returned None"),

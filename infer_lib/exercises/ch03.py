@@ -106,13 +106,21 @@ def tile_traffic(tiled_GB, times_less) -> None:
                                                   "operand only (at every step a program loads a slab "
                                                   "of a and a slab of b), or elements instead of "
                                                   "bytes (bf16: 2 per element)"),
+                  (2 * tiled / 1e9, "off by a factor of 2: that is what a tile half as wide would "
+                                    "read (the narrower the tile, the more tiles reread each slab), "
+                                    "or 4 bytes per element; recheck the tile size the exercise gives "
+                                    "and the bytes of a bf16 element"),
                   (3 * n * n * s / 1e9, "that is the minimum, every element read once; a tile reads "
                                         "each element of a once per column of tiles, and of b once "
                                         "per row of tiles")])
     check_number(
         times_less, naive / tiled, name="Exercise 3.3 (times less)", unit="×", rel=REL,
-        mistakes=[(naive / tiled / 2, "off by a factor of 2: the naive kernel reads 2·K elements "
-                                      "per output (a row of a and a column of b)"),
+        mistakes=[(naive / tiled / 2, "off by a factor of 2: is one count in elements and the other "
+                                      "in bytes? Divide bytes by bytes. Or the naive count is short: "
+                                      "the naive kernel reads 2·K elements per output (a row of a "
+                                      "and a column of b)"),
+                  (naive / tiled * 2, "off by a factor of 2: is one count in bytes and the other in "
+                                      "elements? Divide bytes by bytes (or elements by elements)"),
                   (tiled / naive, "inverted: divide what the naive kernel reads by what the tiled "
                                   "one reads")],
         explain=f"the naive kernel reads {naive / 1e9:,.0f} GB, but the tiled one still reads "
@@ -148,7 +156,7 @@ def time_floor(datasheet_us, measured_us) -> None:
                   (want_m / 2, "that counts 1 byte per weight; bf16 takes 2")],
         explain=f"{op.bytes / 1e6:.1f} MB, nearly all of it weights, at "
                 f"{limits['copy_GBps']:g} GB/s: a memory-bound floor {want_m / want:.2f}× the datasheet's. "
-                f"The FLOPs would take {op.flops / peak * 1e6:.2f} µs.")
+                f"At the measured matmul ceiling the FLOPs would take {op.flops / m_peak * 1e6:.2f} µs.")
 
 
 # --- Exercise 3.5 (coding): the HBM reads of a tiled matmul, ragged edges included ---------
@@ -157,9 +165,15 @@ def _tiled_read_bytes_ref(M: int, N: int, K: int, BLOCK_M: int, BLOCK_N: int, el
     """Bytes of ``a (M, K)`` and ``b (K, N)`` that ``infer_lib.kernels.matmul`` loads when no
     load hits in L2: one program per ``BLOCK_M × BLOCK_N`` tile of ``c`` (the tile counts
     rounded up: a ragged edge tile is a whole program, and its wrapped rows and columns
-    are loaded too), each loading ``BLOCK_M × K`` of ``a`` and ``K × BLOCK_N`` of ``b``."""
+    are loaded too), each loading ``BLOCK_M × K`` of ``a`` and ``K × BLOCK_N`` of ``b``. ``K`` is
+    not rounded up to a multiple of ``BLOCK_K``: the last slab's loads past ``K`` are masked."""
     tiles = math.ceil(M / BLOCK_M) * math.ceil(N / BLOCK_N)
-    return tiles * K * (BLOCK_M + BLOCK_N) * elem_bytes
+    return tiles * K * (BLOCK_M + BLOCK_N) * elem_bytes   # K as it is: loads past K are masked
+
+
+# BLOCK_K values a reader might round K up to (the function is not given BLOCK_K): the powers
+# of two the kernel's configurations use; BLOCK_M and BLOCK_N are tried too.
+_BLOCK_KS = (16, 32, 64, 128, 256)
 
 
 def _traffic_cases(n: int = 6, rng: random.Random | None = None) -> list[tuple[int, ...]]:
@@ -177,12 +191,19 @@ def _traffic_cases(n: int = 6, rng: random.Random | None = None) -> list[tuple[i
 
 
 def _traffic_slips(M, N, K, BM, BN, s):
-    """(value, hint) of the usual wrong answers for one case."""
+    """(values, hint) of the usual wrong answers for one case: an answer matches the slip when it
+    equals one of its values."""
     cm, cn = math.ceil(M / BM), math.ceil(N / BN)
-    return [
+    k_up = tuple(cm * cn * math.ceil(K / bk) * bk * (BM + BN) * s
+                 for bk in sorted({*_BLOCK_KS, BM, BN}))
+    return [(v if isinstance(v, tuple) else (v,), hint) for v, hint in [
+        (k_up,
+         "K is rounded up to a multiple of BLOCK_K: the last slab's loads past K are masked and "
+         "read nothing; only the M and N tile counts are rounded up"),
         (M * N * K * (1 / BM + 1 / BN) * s,
          "the tile counts are not rounded up: a ragged edge tile is still a whole program that "
-         "loads full slabs (the chapter's formula assumes sizes that are multiples of the tile)"),
+         "loads slabs as wide as the tile (the chapter's formula assumes sizes that are multiples "
+         "of the tile)"),
         ((M // BM) * (N // BN) * K * (BM + BN) * s,
          "the tile counts are rounded down: the last, partial row and column of tiles run too"),
         (cm * cn * K * (BM + BN),
@@ -198,7 +219,7 @@ def _traffic_slips(M, N, K, BM, BN, s):
         (2 * M * N * K * s, "that is the naive kernel's traffic, one output element at a time"),
         ((cm * cn * K * (BM + BN) + M * N) * s,
          "the question is about reads: c is written, once, not read"),
-    ]
+    ]]
 
 
 def tiled_read_bytes(fn) -> bool:
@@ -228,7 +249,8 @@ def tiled_read_bytes(fn) -> bool:
         slips = [_traffic_slips(*a) for a in cases]
         for i, (_, hint) in enumerate(slips[0]):
             # the slip explains every case it can be told apart on (some coincide on some cases)
-            if all(math.isclose(g, sl[i][0], rel_tol=1e-9) for g, sl in zip(got, slips)):
+            if all(any(math.isclose(g, v, rel_tol=1e-9) for v in sl[i][0])
+                   for g, sl in zip(got, slips)):
                 raise AssertionError(f"{name}: {hint}.")
         bad = cases[close.index(False)]
         shown = ", ".join(f"{k}={v}" for k, v in zip(("M", "N", "K", "BLOCK_M", "BLOCK_N",
@@ -237,5 +259,6 @@ def tiled_read_bytes(fn) -> bool:
                              "ragged ones included), what one program loads of a and of b over "
                              "the whole K loop, and the bytes per element.")
     return check_function(fn, _tiled_read_bytes_ref, cases, name=name, rtol=1e-9, atol=0.5,
-                          explain="A ragged edge tile is a whole program loading full slabs "
-                                  "(on a GPU, its wrapped rows and columns mostly hit in cache).")
+                          explain="A ragged edge tile is a whole program loading full-width slabs "
+                                  "(on a GPU, its wrapped rows and columns mostly hit in cache); "
+                                  "along K, the masked loads past the end read nothing.")

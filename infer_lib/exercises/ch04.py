@@ -14,6 +14,7 @@ computes it.
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 
@@ -39,6 +40,10 @@ TILES = {"S_q": 256, "S_k": 1024, "BLOCK_M": 64, "BLOCK_N": 64}
 FLASH_SHAPE = {"B": 1, "H": 32, "H_kv": 8, "S": 8192, "D": 128, "BLOCK_M": 128}
 FLASH_DTYPE = torch.bfloat16
 
+# Exercise 4.5: a finite m_new below this, for a row that has seen only −inf, is a floor such as
+# the kernel's −FLT_MAX (far below any score of the diagnostic case) rather than −inf.
+FLOOR_BELOW = -1e4
+
 # Tolerances of the numeric answers, relative: 2% for quantities worked out with rounded
 # intermediate values (GB, ratios), 1% for 4.2's hand computation with rounded exponentials.
 REL = 0.02
@@ -54,19 +59,26 @@ def _wrap(name: str, text: str) -> str:
 
 def _number(answer, expected, *, name, unit="", rel=REL, mistakes=(), explain=""):
     """``check_number``, but should a generic message state the ratio to the expected value
-    (which gives the answer away), only whether the answer is too large or too small is kept."""
+    (which gives the answer away), only whether the answer is too large or too small is kept.
+    For an answer without a unit (``unit=""``), every generic message is replaced so: its
+    hints about units (GB vs GiB, unit prefixes) would be beside the point."""
     __tracebackhide__ = True
     try:
         return check_number(answer, expected, name=name, unit=unit, rel=rel, mistakes=mistakes,
                             explain=_wrap(name, explain))
     except AssertionError as err:
-        if "by a factor of" not in str(err) and "not within" not in str(err):
+        message = str(err)
+        if "is not right —" in message:
             raise                               # a named slip: its hint stands
+        if unit and "by a factor of" not in message and "not within" not in message:
+            raise                               # a generic hint that names no ratio
         u = f" {unit}" if unit else ""
         direction = "too large" if answer > expected else "too small"
+        recheck = ("Recheck each factor of your formula and its units." if unit else
+                   "Recheck each term of your formula.")
         raise AssertionError(
             f"{name}: {answer:g}{u} is {direction} (the tolerance is ±{rel * 100:g}%). "
-            "Recheck each factor of your formula and its units.") from None
+            f"{recheck}") from None
 
 
 # --- 4.1 ---------------------------------------------------------------------------------
@@ -85,6 +97,11 @@ def naive_score_traffic(score_GB, ratio) -> None:
     flash = attention_sweep.flash_bytes(sh["B"], sh["H"], sh["S"], sh["S"], sh["D"], NAIVE_DTYPE)
     # Every step's traffic minus q, k, v read once and the output written once: the scores' share.
     score = sum(op.bytes for op in steps) - flash
+    # Slips: naive attention's whole traffic (q, k, v and the output too), and the causal version's
+    # score traffic (its mask step reads and writes the scores once more, and reads the mask).
+    whole = score + flash
+    causal_steps = attention_sweep.naive_steps(sh["B"], sh["H"], sh["S"], sh["D"], NAIVE_DTYPE, causal=True)
+    score_causal = sum(op.bytes for op in causal_steps) - flash
     _number(
         score_GB, score / 1e9, name="Exercise 4.1 (score-matrix traffic)", unit="GB",
         mistakes=[(_score_bytes(4) / 1e9, "that counts 4 passes over the scores: a step that reads "
@@ -94,12 +111,20 @@ def naive_score_traffic(score_GB, ratio) -> None:
                   (_score_bytes(3) / 1e9, "that counts each kernel once; a kernel that reads the scores and "
                                           "writes them moves the matrix twice"),
                   (score / sh["H"] / 1e9, "that is one head: every head has its own score matrix"),
-                  (score / 2**30, "that is GiB (2**30 bytes); the question asks for GB (1e9 bytes)")])
+                  (score / 2**30, "that is GiB (2**30 bytes); the question asks for GB (1e9 bytes)"),
+                  (whole / 1e9, "that includes the reads of q, k, v and the write of the output: the "
+                                "question asks for the score matrix's traffic alone"),
+                  (score_causal / 1e9, "that counts a mask step; this attention is not causal, so "
+                                       "there is none: the scores go straight from the scale to the "
+                                       "softmax"),
+                  (score / 1e6, "that is MB (1e6 bytes); the question asks for GB (1e9 bytes)")])
     _number(
         ratio, score / flash, name="Exercise 4.1 (ratio to FlashAttention)", unit="×",
         mistakes=[(score / (flash * 3 / 4), "the fused kernel's traffic leaves out the output, which it "
                                             "also writes once"),
-                  (flash / score, "upside down: the score traffic divided by FlashAttention's traffic")],
+                  (flash / score, "upside down: the score traffic divided by FlashAttention's traffic"),
+                  (whole / flash, "that divides naive attention's whole traffic; the numerator is the "
+                                  "score matrix's traffic alone, without q, k, v and the output")],
         explain=f"The ratio is 6·S² / (4·S·D) = 1.5·S/D = {score / flash:g}: it grows with S, so the "
                 "longer the sequence, the more the score matrix dominates.")
 
@@ -144,6 +169,26 @@ def _top_left_skipped() -> int:
     return skipped
 
 
+def _tile_count(answer, name: str, total: int):
+    """``answer`` as an int when it is a whole number of tile pairs (``6`` or ``6.0``); ``...`` and
+    ``None`` pass through. Anything else raises a short message, not the list of every option."""
+    __tracebackhide__ = True
+    if answer is ... or answer is None:
+        return answer
+    if isinstance(answer, torch.Tensor) and answer.numel() == 1:
+        answer = answer.item()
+    if isinstance(answer, bool) or not isinstance(answer, numbers.Real):
+        raise TypeError(f"{name}: expected a whole number of tile pairs, got "
+                        f"{type(answer).__name__} {answer!r}")
+    if not (math.isfinite(answer) and answer == int(answer)):
+        raise ValueError(f"{name}: expected a whole number, got {answer!r}: each (query tile, key "
+                         "tile) pair is skipped or run, with or without the mask; count the pairs")
+    if not 0 <= answer <= total:
+        raise ValueError(f"{name}: {int(answer)} is not a possible count: it lies between 0 and the "
+                         "number of (query tile, key tile) pairs")
+    return int(answer)
+
+
 def causal_tiles(skipped, masked) -> None:
     """Exercise 4.3: (query tile, key tile) pairs a bottom-right causal kernel skips, and how many
     of those it runs need the element-wise mask."""
@@ -151,6 +196,8 @@ def causal_tiles(skipped, masked) -> None:
     t = TILES
     counts = attention_sweep.tile_counts(t["S_q"], t["S_k"], t["BLOCK_M"], t["BLOCK_N"], causal=True)
     total = sum(counts.values())
+    skipped = _tile_count(skipped, "Exercise 4.3 (skipped)", total)
+    masked = _tile_count(masked, "Exercise 4.3 (masked)", total)
     options = list(range(total + 1))
     by_tile = (f"Go query tile by query tile: tile m holds queries m·{t['BLOCK_M']} … m·{t['BLOCK_M']} + "
                f"{t['BLOCK_M'] - 1}, and query i sees keys j ≤ i + S_k − S_q")
@@ -191,7 +238,9 @@ def flash_kv_reads(tile_MB, total_GB) -> None:
         tile_MB, per_tile / 1e6, name="Exercise 4.4 (per query tile)", unit="MB",
         mistakes=[(per_tile / 2 / 1e6, "that is K alone; the program streams V through SRAM too"),
                   (per_tile * f["BLOCK_M"] / 1e6, "K and V are read once per query *tile*, not once per query"),
-                  (per_tile / 2**20, "that is MiB (2**20 bytes); the question asks for MB (1e6 bytes)")])
+                  (per_tile / 2**20, "that is MiB (2**20 bytes); the question asks for MB (1e6 bytes)"),
+                  (per_tile / 1e9, "that is GB (1e9 bytes); this part asks for MB (1e6 bytes)"),
+                  (per_tile / 1e3, "that is kB (1e3 bytes); this part asks for MB (1e6 bytes)")])
     total = n_programs * per_tile
     minimum = 2 * f["B"] * f["H_kv"] * f["S"] * f["D"] * s    # K and V read once each from HBM
     _number(
@@ -202,7 +251,9 @@ def flash_kv_reads(tile_MB, total_GB) -> None:
                   (per_tile * f["B"] * f["H"] / 1e9, "that is one program per head; every query tile of a "
                                                      "head is a program of its own, and each reads K and V"),
                   (minimum / 1e9, "that is the HBM minimum (K and V read once); the programs read far more, "
-                                  "mostly from L2")],
+                                  "mostly from L2"),
+                  (total / 1e6, "that is MB (1e6 bytes); this part asks for GB (1e9 bytes)"),
+                  (total / 2**30, "that is GiB (2**30 bytes); the question asks for GB (1e9 bytes)")],
         explain=f"{total / minimum:g}× the {minimum / 1e6:.1f} MB of K and V (S/BLOCK_M × H/H_kv): the "
                 "programs of one head run side by side, so after the first read K and V come from L2.")
 
@@ -321,6 +372,12 @@ def online_softmax_step(fn) -> bool:
                 f"{name}: NaN for a row that has seen only −inf: −inf − (−inf) is NaN. Such a row "
                 "keeps m = −inf and l = 0; shift it by 0 inside the exponentials instead of by −inf")
         seen_nothing = m_want == float("-inf")
+        floored = m_got[seen_nothing]
+        if close(l_got, l_want) and close(m_got[~seen_nothing], m_want[~seen_nothing]) and bool(
+                (floored.isfinite() & (floored < FLOOR_BELOW)).all()):
+            raise AssertionError(f"{name}: a row that has seen only −inf returns a huge negative but "
+                                 "finite m_new: that is the kernel's −FLT_MAX floor (or one like it). "
+                                 "Here m must stay −inf for a row that has seen only −inf")
         if close(l_got, l_want) and not close(m_got, m_want) and close(
                 m_got[~seen_nothing], m_want[~seen_nothing]):
             raise AssertionError(f"{name}: a row that has seen only −inf must keep m_new = −inf; "
