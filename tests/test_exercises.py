@@ -137,3 +137,11 @@ def test_function_check_reports_the_failing_case():
     assert ok
     with pytest.raises(AssertionError, match=r"E\(tensor\(3,\):float32\): values differ"):
         ex.check_function(lambda x: x * 3, lambda x: x * 2, [(torch.ones(3),)], name="E")
+
+
+def test_unitless_answers_get_no_unit_hints():
+    with pytest.raises(AssertionError) as err:
+        ex.check_number(2.3, 2.1, name="E")                 # 1.095×: GiB would fit a byte count
+    assert "GiB" not in str(err.value) and "units" not in str(err.value)
+    with pytest.raises(AssertionError, match="GiB"):
+        ex.check_number(376.0, 350, name="E", unit="GB")

@@ -123,6 +123,8 @@ def check_number(answer, expected: float, *, name: str, unit: str = "", rel: flo
     if expected != 0 and answer != 0:
         ratio = answer / expected
         for factor, hint in _FACTOR_HINTS:
+            if "GiB" in hint and "B" not in unit:     # bytes only: not for counts or ratios
+                continue
             if math.isclose(ratio, factor, rel_tol=max(rel, 0.02)):
                 raise AssertionError(f"{name}: {answer:g}{u} is {hint}.")
         direction = "too large" if ratio > 1 else "too small"
@@ -131,8 +133,10 @@ def check_number(answer, expected: float, *, name: str, unit: str = "", rel: flo
         band = ("close, but outside the tolerance" if spread < 1.1 else
                 "off by less than a factor of 2" if spread < 2 else
                 "off by less than a factor of 10" if spread < 10 else "off by more than a factor of 10")
+        recheck = "Recheck each factor of the formula and its units." if unit else \
+            "Recheck each factor of the formula."
         raise AssertionError(f"{name}: {answer:g}{u} is {direction} — {band} (tolerance ±{rel:.0%}). "
-                             "Recheck each factor of the formula and its units.")
+                             + recheck)
     raise AssertionError(f"{name}: got {answer:g}{u}, which is not within ±{rel:.0%} of the expected value.")
 
 
