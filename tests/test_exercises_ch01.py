@@ -212,6 +212,25 @@ def _unmasked_kernel(x_ptr, y_ptr, out_ptr, n_elements, BLOCK_SIZE: tl.constexpr
 
 
 @triton.jit
+def _unmasked_load_kernel(x_ptr, y_ptr, out_ptr, n_elements, BLOCK_SIZE: tl.constexpr):
+    pid = tl.program_id(axis=0)
+    offs = pid * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
+    mask = offs < n_elements
+    x = tl.load(x_ptr + offs)           # the store is masked, the loads are not
+    y = tl.load(y_ptr + offs)
+    tl.store(out_ptr + offs, tl.maximum(x + y, 0.0), mask=mask)
+
+
+@triton.jit
+def _positional_mask_kernel(x_ptr, y_ptr, out_ptr, n_elements, BLOCK_SIZE: tl.constexpr):
+    pid = tl.program_id(axis=0)
+    offs = pid * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
+    mask = offs < n_elements
+    s = tl.load(x_ptr + offs, mask, other=0.0) + tl.load(y_ptr + offs, mask)
+    tl.store(out_ptr + offs, tl.maximum(s, 0.0), mask=mask)
+
+
+@triton.jit
 def _first_block_kernel(x_ptr, y_ptr, out_ptr, n_elements, BLOCK_SIZE: tl.constexpr):
     offs = tl.arange(0, BLOCK_SIZE)   # forgets pid: every program does block 0
     mask = offs < n_elements
@@ -222,8 +241,9 @@ def _first_block_kernel(x_ptr, y_ptr, out_ptr, n_elements, BLOCK_SIZE: tl.conste
 
 @needs_triton
 def test_add_relu_right_and_not_attempted(capsys):
-    assert ch01.add_relu(_add_relu_kernel) is True
-    assert "✅ Exercise 1.6: correct." in capsys.readouterr().out
+    for right in (_add_relu_kernel, _positional_mask_kernel):
+        assert ch01.add_relu(right) is True
+        assert "✅ Exercise 1.6: correct." in capsys.readouterr().out
     for unattempted in (..., _stub_kernel):
         assert ch01.add_relu(unattempted) is False
         out = capsys.readouterr().out
@@ -236,6 +256,7 @@ def test_add_relu_right_and_not_attempted(capsys):
     (_relu_first_kernel, "applied to the inputs before the add"),
     (_min_kernel, "not the smaller"),
     (_unmasked_kernel, "writes past the end"),
+    (_unmasked_load_kernel, "2 tl.load calls have no mask.*read past the end of x and y"),
     (_first_block_kernel, "never written"),
 ])
 def test_add_relu_slips(kernel, hint):
@@ -244,6 +265,22 @@ def test_add_relu_slips(kernel, hint):
     message = str(err.value)
     # the hint names the slip, not the code that fixes it
     assert "tl.maximum" not in message and "mask=mask" not in message, message
+
+
+def test_unmasked_loads_counts_loads_without_a_mask():
+    source = """
+def k(x_ptr, y_ptr, offs, mask, n):
+    a = tl.load(x_ptr + offs)
+    b = tl.load(y_ptr + offs, mask=mask, other=0.0)
+    c = tl.load(x_ptr + offs, mask)
+    d = tl.load(x_ptr + offs, other=0.0)
+    e = tl.load(block_ptr, boundary_check=(0,))
+    tl.store(x_ptr + offs, a + b + c + d + e)
+"""
+    assert ch01._unmasked_loads(source) == 2
+    assert ch01._unmasked_loads("") == 0 and ch01._unmasked_loads("def (") == 0
+    assert ch01._unmasked_loads(ch01._source(_add_relu_kernel)) == 0
+    assert ch01._unmasked_loads(ch01._source(_unmasked_load_kernel)) == 2
 
 
 def test_add_relu_without_triton(monkeypatch, capsys):

@@ -4,6 +4,7 @@ The right answers are worked out here by hand, as a learner would, from the spec
 not with ``infer_lib.roofline``, which the checks themselves use.
 """
 
+import itertools
 import math
 import random
 import re
@@ -161,7 +162,7 @@ def test_batched_matmul_time_reference_is_the_formula():
 
 
 def test_batched_matmul_time(capsys, monkeypatch):
-    ch02.batched_matmul_time(_time_us)    # fresh random cases
+    ch02.batched_matmul_time(_time_us)    # the check's own (seeded) cases
     assert "✅ Exercise 2.5: correct." in capsys.readouterr().out
 
     def stub(batch, M, N, K, bytes_per_element, peak_tflops, bandwidth_gbps):
@@ -184,6 +185,8 @@ def test_batched_matmul_time(capsys, monkeypatch):
     slips = [
         (slip(flops=lambda b, M, N, K: 2 * M * N * K, nbytes=lambda b, M, N, K, s: (M * K + K * N + M * N) * s),
          "counts one product"),
+        (slip(flops=lambda b, M, N, K: 2 * M * N * K), "FLOPs leave out `batch`"),
+        (slip(nbytes=lambda b, M, N, K, s: (M * K + K * N + M * N) * s), "bytes leave out `batch`"),
         (slip(flops=lambda b, M, N, K: b * M * N * K), "multiply-add counts as 2 FLOPs"),
         (slip(nbytes=lambda b, M, N, K, s: b * (M * K + K * N + M * N)), "elements, not bytes"),
         (slip(nbytes=lambda b, M, N, K, s: b * (M * K + K * N + M * N) * 2), "assumes 2 bytes"),
@@ -204,6 +207,37 @@ def test_batched_matmul_time(capsys, monkeypatch):
             ch02.batched_matmul_time(fn)
         _assert_no_number(str(err.value), *expected)
         assert "def " not in str(err.value) and "expected" not in str(err.value)
+
+
+def _slip_values(cases):
+    """Each named slip's values on ``cases``, and the right ones and the unit slips'."""
+    values = {"right": [_time_us(*c) for c in cases]}
+    for name, combine, opts, _ in ch02._SLIPS:
+        values[name] = [combine(*ch02._parts(*c, **opts)) for c in cases]
+    for factor, unit in ch02._UNIT_SLIPS:
+        values[unit] = [v * factor for v in values["right"]]
+    return values
+
+
+def test_batched_matmul_time_cases_are_fixed_and_tell_the_slips_apart():
+    cases = ch02._cases()
+    assert cases == ch02._cases() == ch02._cases(random.Random(ch02.CASES_SEED))
+    for these in (cases, FIXED_CASES):
+        values = _slip_values(these)
+        for a, b in itertools.combinations(values, 2):   # each pair differs by 5% somewhere
+            assert not all(math.isclose(x, y, rel_tol=0.05) for x, y in zip(values[a], values[b])), (a, b)
+
+
+def test_batched_matmul_time_forgotten_batch_gets_the_same_hint_every_run():
+    def no_batch_in_flops(b, M, N, K, s, p, bw):
+        return max(2 * M * N * K / (p * 1e12), b * (M * K + K * N + M * N) * s / (bw * 1e9)) * 1e6
+
+    messages = set()
+    for _ in range(3):
+        with pytest.raises(AssertionError, match="FLOPs leave out `batch`") as err:
+            ch02.batched_matmul_time(no_batch_in_flops)
+        messages.add(str(err.value))
+    assert len(messages) == 1, messages
 
 
 def test_checks_hide_their_frames():

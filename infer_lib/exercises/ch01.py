@@ -14,6 +14,7 @@ the kernel where it is not (the check then says the exercise needs Triton).
 
 from __future__ import annotations
 
+import ast
 import inspect
 import math
 import textwrap
@@ -195,7 +196,8 @@ def _launch_add_relu(kernel, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Run the reader's kernel on ``x`` and ``y``; raise with a hint on the usual slips.
 
     The buffers are one block longer than ``n``, so a load or store that forgets its
-    mask lands in padding the check owns (and can see) instead of crashing the process."""
+    mask lands in padding the check owns instead of crashing the process: a store there
+    shows in ``out``'s padding, a load only in the kernel's source (``_unmasked_loads``)."""
     __tracebackhide__ = True
     n, pad = x.numel(), ADD_RELU_BLOCK
     xb = torch.cat([x, torch.full((pad,), -1.0, dtype=x.dtype, device=x.device)])
@@ -216,6 +218,14 @@ def _launch_add_relu(kernel, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         raise AssertionError(f"Exercise 1.6: {sizes}, the kernel writes past the end of `out`: "
                              "the last block is partly outside the tensor. Which argument of tl.store "
                              "switches those lanes off?")
+    unmasked = _unmasked_loads(_source(kernel))
+    if unmasked:
+        which = "a tl.load has" if unmasked == 1 else f"{unmasked} tl.load calls have"
+        raise AssertionError(f"Exercise 1.6: {which} no mask. The last block is partly outside "
+                             "the tensors, so on a GPU its unmasked loads read past the end of x "
+                             "and y (here the check's padding hid it; on a GPU it reads whatever "
+                             "lies beyond, or faults). Which argument of tl.load switches those "
+                             "lanes off?")
     if out.isnan().any():
         raise AssertionError(f"Exercise 1.6: {sizes}, some elements of `out` are never written (they "
                              "still hold the NaN the check filled it with). Does every program store "
@@ -240,6 +250,30 @@ def _source(kernel) -> str:
         return inspect.getsource(getattr(kernel, "fn", kernel))
     except (OSError, TypeError):
         return ""
+
+
+def _unmasked_loads(source: str) -> int:
+    """How many ``tl.load`` calls of ``source`` have neither a mask (keyword or second
+    positional argument) nor a ``boundary_check`` (block pointers); 0 if it does not parse.
+
+    The check pads ``x`` and ``y``, so an unmasked load of the last block reads the padding
+    and the output still comes out right: only the source shows the slip."""
+    try:
+        tree = ast.parse(textwrap.dedent(source))
+    except (SyntaxError, ValueError):
+        return 0
+    count = 0
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        func = node.func
+        name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+        if name != "load":
+            continue
+        keywords = {k.arg for k in node.keywords}
+        if len(node.args) < 2 and not keywords & {"mask", "boundary_check", None}:
+            count += 1
+    return count
 
 
 def add_relu(kernel) -> bool:

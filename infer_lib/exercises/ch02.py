@@ -186,13 +186,14 @@ def _batched_matmul_time_us_ref(batch, M, N, K, bytes_per_element, peak_tflops, 
 
 
 def _parts(batch, M, N, K, s, peak_tflops, bandwidth_gbps, *, flops_per_mac=2, elem_bytes=None,
-           out=True, shared_rhs=False, per_batch=True):
+           out=True, shared_rhs=False, per_batch=True, flops_batch=True, bytes_batch=True):
     """(compute µs, memory µs) with one slip switched on: the slips of ``_SLIPS``."""
     s = s if elem_bytes is None else elem_bytes
     n = batch if per_batch else 1
-    rhs = K * N if shared_rhs else n * K * N
-    flops = n * flops_per_mac * M * N * K
-    nbytes = (n * M * K + rhs + (n * M * N if out else 0)) * s
+    nb = n if bytes_batch else 1
+    rhs = K * N if shared_rhs else nb * K * N
+    flops = (n if flops_batch else 1) * flops_per_mac * M * N * K
+    nbytes = (nb * M * K + rhs + (nb * M * N if out else 0)) * s
     return flops / (peak_tflops * 1e6), nbytes / (bandwidth_gbps * 1e3)
 
 
@@ -200,6 +201,10 @@ def _parts(batch, M, N, K, s, peak_tflops, bandwidth_gbps, *, flops_per_mac=2, e
 _SLIPS = (
     ("one product", max, {"per_batch": False},
      "it counts one product: there are `batch` of them, each with its own FLOPs and bytes"),
+    ("no batch in the FLOPs", max, {"flops_batch": False},
+     "the FLOPs leave out `batch`: each of the `batch` products does its own multiply-adds"),
+    ("no batch in the bytes", max, {"bytes_batch": False},
+     "the bytes leave out `batch`: each of the `batch` products reads and writes its own operands"),
     ("1 FLOP per multiply-add", max, {"flops_per_mac": 1},
      "a factor of 2 in the FLOPs: a multiply-add counts as 2 FLOPs (2·M·N·K per product)"),
     ("elements, not bytes", max, {"elem_bytes": 1},
@@ -224,10 +229,15 @@ _SLIPS = (
 _UNIT_SLIPS = ((1e-6, "seconds"), (1e-3, "milliseconds"), (1e3, "nanoseconds"))
 
 
+#: the seed of the check's cases: the same cases on every run, so a slip gets the same hint
+CASES_SEED = 73   # chosen so that every slip of _SLIPS gives its own hint (a test checks)
+
+
 def _cases(rng: random.Random | None = None) -> list[tuple]:
-    """Fresh random cases: odd shapes, real GPUs of the spec table, 1, 2 or 4 bytes per element;
-    always one clearly memory-bound and one clearly compute-bound case."""
-    rng = rng or random.Random()
+    """Random cases, drawn from ``rng`` (by default seeded with ``CASES_SEED``: the same on every
+    run): odd shapes, real GPUs of the spec table, 1, 2 or 4 bytes per element; always one
+    clearly memory-bound and one clearly compute-bound case."""
+    rng = rng or random.Random(CASES_SEED)
     gpus = [s for s in hardware.SPECS.values() if s.fp16_TFLOPs and s.bandwidth_GBps]
 
     def gpu():
@@ -282,7 +292,7 @@ def _diagnose(name: str, got: list, cases: list) -> None:
 def batched_matmul_time(fn) -> None:
     """Exercise 2.5 (coding): ``fn(batch, M, N, K, bytes_per_element, peak_tflops, bandwidth_gbps)``
     must return the roofline time in µs of ``batch`` products ``(M×K)·(K×N)``; compared with
-    ``_batched_matmul_time_us_ref`` on fresh random cases, to ±0.1%."""
+    ``_batched_matmul_time_us_ref`` on the seeded random cases of ``_cases``, to ±0.1%."""
     __tracebackhide__ = True
     name = "Exercise 2.5"
     cases = _cases()
