@@ -29,13 +29,11 @@ the CPU with a tiny model and a wall clock: a test of the code, never a measurem
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
 import torch
 
 from .. import device, measure
 from ..model import KVCache, ModelConfig, Transformer, decode_one_token, prefill
+from . import model_cli
 
 TIMING = ("ms per decode step: triton.testing.do_bench median (L2 flushed) of one eager call, "
           "or of one replay of a CUDA graph captured once; each step first resets the cache "
@@ -147,28 +145,19 @@ def run(preset: str = "llama-3.2-1b", *, batches=BATCHES, context: int = CONTEXT
             "copy_GBps": copy_GBps, "records": records}
 
 
-def main(argv=None) -> None:
-    """``python -m infer_lib.experiments.decode --out-dir DIR [--preset NAME] [--context N]``."""
-    parser = argparse.ArgumentParser(
-        prog="python -m infer_lib.experiments.decode",
-        description="Time one decode step of the model (each attention backend, batch 1 and 16, eager "
-                    "and from a CUDA graph) against its bandwidth roofline; write decode_<gpu>.json.")
-    parser.add_argument("--out-dir", required=True, type=Path, help="folder for decode_<gpu>.json")
-    parser.add_argument("--preset", default="llama-3.2-1b", help="model shapes (infer_lib.model.PRESETS)")
-    parser.add_argument("--context", type=int, default=CONTEXT, help="tokens in each sequence's cache")
-    args = parser.parse_args(argv)
-    if not device.HAS_GPU:
-        parser.exit(2, "python -m infer_lib.experiments.decode needs a CUDA GPU: CPU timings say "
-                       "nothing about decoding speed on a GPU.\n")
-    doc = run(args.preset, context=args.context)
-    measure.validate(doc, SCHEMA)
-    path = measure.save(doc, args.out_dir / f"decode_{measure.gpu_key()}.json")
+def _report(doc: dict) -> None:
     for r in doc["records"]:
         mode = "graph" if r["graph"] else "eager"
         print(f"{r['backend']:<7} B={r['batch']:<3} {mode:<5} {r['ms']:8.3f} ms/step "
               f"{r['tokens_per_s']:9.0f} tok/s  {r['fraction_of_roofline']:6.1%} of the bandwidth roofline")
-    print(f"-> {path}")
 
+
+def main(argv=None) -> None:
+    """``python -m infer_lib.experiments.decode --out-dir DIR [--preset NAME] [--context N]``."""
+    model_cli(argv, topic="decode", run=run, schema=SCHEMA, report=_report, context=CONTEXT,
+              description="Time one decode step of the model (each attention backend, batch 1 and 16, "
+                          "eager and from a CUDA graph) against its bandwidth roofline",
+              why_gpu="CPU timings say nothing about decoding speed on a GPU.")
 
 if __name__ == "__main__":
     main()

@@ -23,13 +23,11 @@ machine with a tiny model and a wall clock: never a measurement.
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
 import torch
 
 from .. import device, measure
 from ..model import KVCache, ModelConfig, decode_one_token, prefill
+from . import model_cli
 from .decode import _model
 
 TIMING = ("with/without cache: triton.testing.do_bench median (L2 flushed) of one eager decode step "
@@ -122,31 +120,24 @@ def run(preset: str = "llama-3.2-1b", *, lengths=LENGTHS, smoke: bool = False) -
                         "slowdown": measure.sig(pcie_ms / hbm_ms, 4)}}
 
 
-def main(argv=None) -> None:
-    """``python -m infer_lib.experiments.kv_cache --out-dir DIR [--preset NAME]``."""
-    parser = argparse.ArgumentParser(
-        prog="python -m infer_lib.experiments.kv_cache",
-        description="Time one token with and without a KV cache against sequence length, and "
-                    "host-to-device bandwidth (pageable, pinned) against HBM; write kv_cache_<gpu>.json.")
-    parser.add_argument("--out-dir", required=True, type=Path, help="folder for kv_cache_<gpu>.json")
-    parser.add_argument("--preset", default="llama-3.2-1b", help="model shapes (infer_lib.model.PRESETS)")
-    args = parser.parse_args(argv)
-    if not device.HAS_GPU:
-        parser.exit(2, "python -m infer_lib.experiments.kv_cache needs a CUDA GPU: CPU timings say "
-                       "nothing about a GPU's memory or PCIe link.\n")
-    doc = run(args.preset)
-    measure.validate(doc, SCHEMA)
-    path = measure.save(doc, args.out_dir / f"kv_cache_{measure.gpu_key()}.json")
+def _report(doc: dict) -> None:
     for r in doc["per_token"]:
         print(f"L={r['length']:<6} cached {r['cached_ms']:8.3f} ms  uncached {r['uncached_ms']:8.3f} ms")
     for t in doc["transfer"]:
-        print(f"host->device {'pinned  ' if t['pinned'] else 'pageable'} {measure.format_bytes(t['bytes']):>8}: "
-              f"{t['GBps']:7.1f} GB/s")
+        kind = "pinned  " if t["pinned"] else "pageable"
+        print(f"host->device {kind} {measure.format_bytes(t['bytes']):>8}: {t['GBps']:7.1f} GB/s")
     off = doc["offload"]
-    print(f"device copy {doc['device_copy_GBps']:.0f} GB/s; a {measure.format_bytes(off['cache_bytes'])} cache: "
-          f"{off['hbm_ms']:.3f} ms from HBM, {off['pcie_ms']:.2f} ms across PCIe ({off['slowdown']:.0f}x)")
-    print(f"-> {path}")
+    print(f"device copy {doc['device_copy_GBps']:.0f} GB/s; a {measure.format_bytes(off['cache_bytes'])} "
+          f"cache: {off['hbm_ms']:.3f} ms from HBM, {off['pcie_ms']:.2f} ms across PCIe "
+          f"({off['slowdown']:.0f}x)")
 
+
+def main(argv=None) -> None:
+    """``python -m infer_lib.experiments.kv_cache --out-dir DIR [--preset NAME]``."""
+    model_cli(argv, topic="kv_cache", run=run, schema=SCHEMA, report=_report,
+              description="Time one token with and without a KV cache against sequence length, and "
+                          "host-to-device bandwidth (pageable, pinned) against HBM",
+              why_gpu="CPU timings say nothing about a GPU's memory or PCIe link.")
 
 if __name__ == "__main__":
     main()

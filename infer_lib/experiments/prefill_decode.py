@@ -26,13 +26,11 @@ on any machine with a tiny model and a wall clock: never a measurement.
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
 import torch
 
 from .. import device, measure, roofline
 from ..model import KVCache, ModelConfig, prefill
+from . import model_cli
 from .decode import _model, measure_step, step_bytes
 
 TIMING = ("prefill: triton.testing.do_bench median (L2 flushed) of one forward pass over the prompt "
@@ -123,28 +121,21 @@ def run(preset: str = "llama-3.2-1b", *, lengths=PROMPT_LENGTHS, batches=BATCHES
             "prefill": prefills, "decode": decodes}
 
 
-def main(argv=None) -> None:
-    """``python -m infer_lib.experiments.prefill_decode --out-dir DIR [--preset NAME]``."""
-    parser = argparse.ArgumentParser(
-        prog="python -m infer_lib.experiments.prefill_decode",
-        description="Time prefill against prompt length and a decode step against batch size, with the "
-                    "roofline prediction; write prefill_decode_<gpu>.json.")
-    parser.add_argument("--out-dir", required=True, type=Path, help="folder for prefill_decode_<gpu>.json")
-    parser.add_argument("--preset", default="llama-3.2-1b", help="model shapes (infer_lib.model.PRESETS)")
-    args = parser.parse_args(argv)
-    if not device.HAS_GPU:
-        parser.exit(2, "python -m infer_lib.experiments.prefill_decode needs a CUDA GPU: CPU timings say "
-                       "nothing about a GPU's prefill or decode speed.\n")
-    doc = run(args.preset)
-    measure.validate(doc, SCHEMA)
-    path = measure.save(doc, args.out_dir / f"prefill_decode_{measure.gpu_key()}.json")
+def _report(doc: dict) -> None:
     for r in doc["prefill"]:
-        print(f"prefill L={r['length']:<6} {r['ms']:9.3f} ms {r['tokens_per_s']:10.0f} tok/s {r['TFLOPs']:7.1f} TFLOP/s")
+        print(f"prefill L={r['length']:<6} {r['ms']:9.3f} ms {r['tokens_per_s']:10.0f} tok/s "
+              f"{r['TFLOPs']:7.1f} TFLOP/s")
     for r in doc["decode"]:
         print(f"decode  B={r['batch']:<6} {r['ms']:9.3f} ms (roofline {r['predicted_ms']:.3f}) "
               f"{r['tokens_per_s']:10.0f} tok/s")
-    print(f"-> {path}")
 
+
+def main(argv=None) -> None:
+    """``python -m infer_lib.experiments.prefill_decode --out-dir DIR [--preset NAME]``."""
+    model_cli(argv, topic="prefill_decode", run=run, schema=SCHEMA, report=_report,
+              description="Time prefill against prompt length and a decode step against batch size, "
+                          "with the roofline prediction",
+              why_gpu="CPU timings say nothing about a GPU's prefill or decode speed.")
 
 if __name__ == "__main__":
     main()
