@@ -928,7 +928,7 @@ def flash_attention_loop(S_q: int = 1024, S_k: int = 1024, BLOCK_M: int = 128,
     mask = "causal" if causal else "not causal"
     ax.text(W / 2, H - 0.45, f"S_q = {S_q}, S_k = {S_k}, BLOCK_M = {BLOCK_M}, "
             f"BLOCK_N = {BLOCK_N}, {mask}", ha="center", va="center", fontsize=_FS)
-    ax.text(W / 2, H - 0.45 - _LINE, f"program i = {i} (its row outlined), at key tile j = {j}"
+    ax.text(W / 2, H - 0.45 - _LINE, f"query tile i = {i} (its row outlined), at key tile j = {j}"
             " (tiles are numbered from 0)", ha="center", va="center", fontsize=_FS)
 
     # the tile map, in element coordinates: x = key index, y = query index (downwards)
@@ -1009,7 +1009,7 @@ def flash_attention_loop(S_q: int = 1024, S_k: int = 1024, BLOCK_M: int = 128,
                                                           if k != "lw"}),
                Patch(label=f"skipped: never loaded ({counts[SKIPPED]})",
                      **{k: v for k, v in style[SKIPPED].items() if k != "lw"})]
-    handles += [Patch(facecolor="none", edgecolor="black", lw=2.2, label="row of program i"),
+    handles += [Patch(facecolor="none", edgecolor="black", lw=2.2, label="row of query tile i"),
                 Patch(facecolor=PALETTE["tensor"][0], edgecolor="black", lw=2.2,
                       label="current K/V tile j")]
     if causal:

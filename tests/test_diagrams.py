@@ -386,7 +386,7 @@ def test_flash_attention_loop_labels():
                   "s     = Q_i K_jᵀ · sm_scale", "m_new = max(m, rowmax(s))",
                   "p     = exp(s − m_new)", "l     = α · l + rowsum(p)",
                   "acc   = α · acc + p V_j", "then O_i = acc / l → HBM, once",
-                  "row of program i", "current K/V tile j"):
+                  "row of query tile i", "current K/V tile j"):
         assert label in text, label
 
 
