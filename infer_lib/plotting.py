@@ -116,6 +116,11 @@ def bytes_formatter(ax, axis: str = "x"):
     return ax
 
 
+def legend_below(ax, offset: float = -0.14, fontsize: int = 8) -> None:
+    """The axes' legend centred under them (``offset`` in axes units), where it covers no data."""
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, offset), fontsize=fontsize)
+
+
 def say(*parts: str, sep: str = " ", width: int = 100) -> None:
     """Print ``parts`` joined by ``sep``, wrapped to ``width`` characters (the chapters'
     result lines), continuation lines indented."""

@@ -43,3 +43,18 @@ def test_say_joins_and_wraps(capsys):
     assert len(lines) == 2 and all(len(line) <= 100 for line in lines) and lines[1].startswith("  b")
     plotting.say("x = ", "1", sep="")
     assert capsys.readouterr().out == "x = 1\n"
+
+
+def test_legend_below_sits_under_the_axes():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [0, 1], label="a line")
+    plotting.legend_below(ax, offset=-0.2, fontsize=7)
+    legend = ax.get_legend()
+    assert legend is not None and legend.get_texts()[0].get_fontsize() == 7
+    fig.canvas.draw()
+    box = legend.get_window_extent().transformed(ax.transAxes.inverted())
+    assert box.y1 <= 0   # entirely below the axes
+    plt.close(fig)
