@@ -152,7 +152,8 @@ def test_broken_lengths_are_refused_where_they_can_be_read(bad):
 @IEEE_WARNINGS_EXPECTED
 def test_broken_lengths_unchecked_give_nan_for_that_sequence_only(monkeypatch, poisoned_outputs):
     # what a GPU does without INFER_LIB_CHECKS: no error (no synchronisation), but never a plausible answer
-    monkeypatch.setattr(da, "_values_checked", lambda lens: False)
+    from infer_lib.kernels import _checks
+    monkeypatch.setattr(_checks, "seqlen_values_checked", lambda lens: False)
     q, k, v, _ = _inputs(4, 4, 2, 30, 16, torch.float32, [1, 1, 1, 1])
     lens = torch.tensor([30, 31, -1, 0], device=DEV, dtype=torch.int32)
     out = decode_attention(q, k, v, lens)
@@ -246,3 +247,16 @@ def test_a_captured_step_follows_the_lengths():
         lens.add_(1)
         graph.replay()
         _check(out, q, k, v, lens)
+
+
+def test_the_triton_less_fallback_refuses_broken_lengths_too():
+    from infer_lib.kernels import _fallback
+    q, k, v, _ = _inputs(2, 4, 2, 30, 16, torch.float32, [1, 1])
+    lens = torch.tensor([30, 0], device=DEV, dtype=torch.int32)
+    if device.HAS_GPU:
+        os.environ["INFER_LIB_CHECKS"] = "1"
+    try:
+        with pytest.raises(ValueError, match="cache_seqlens\\[1\\] = 0 is outside 1..30"):
+            _fallback.decode_attention(q, k, v, lens)
+    finally:
+        os.environ.pop("INFER_LIB_CHECKS", None)

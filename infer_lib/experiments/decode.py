@@ -63,7 +63,9 @@ def step_bytes(config: ModelConfig, batch: int, context: int, dtype: torch.dtype
     return weights * esize + config.kv_cache_bytes_per_token(dtype) * context * batch
 
 
-def _model(config: ModelConfig, backend: str, dtype: torch.dtype) -> Transformer:
+def random_model(config: ModelConfig, backend: str, dtype: torch.dtype) -> Transformer:
+    """A model of ``config``'s shapes with random weights (seed 0), built on this machine's device
+    in ``dtype``, for inference: what every timing on the model runs."""
     with torch.device(device.DEVICE):
         torch.manual_seed(0)
         model = Transformer(config, backend=backend)
@@ -94,7 +96,7 @@ def measure_step(config: ModelConfig, backend: str, batch: int, context: int, gr
                  dtype: torch.dtype, copy_GBps: float, *, smoke: bool = False,
                  model: Transformer | None = None) -> dict:
     """One record: the time of a decode step of ``batch`` sequences ``context`` tokens long."""
-    model = model or _model(config, backend, dtype)
+    model = model or random_model(config, backend, dtype)
     model.backend = backend
     cache = KVCache(config, batch, context + 1, dtype=dtype, device=device.DEVICE)
     prompt = torch.randint(0, config.vocab_size, (batch, context), device=device.DEVICE)
@@ -130,7 +132,7 @@ def run(preset: str = "llama-3.2-1b", *, batches=BATCHES, context: int = CONTEXT
     graphs = (False,) if smoke or not device.HAS_GPU else (False, True)
     records = []
     for backend in backends:
-        model = _model(config, backend, dtype)
+        model = random_model(config, backend, dtype)
         for batch in batches:
             for graph in graphs:
                 records.append(measure_step(config, backend, batch, context, graph, dtype, copy_GBps,

@@ -28,7 +28,7 @@ import torch
 from .. import device, measure
 from ..model import KVCache, ModelConfig, decode_one_token, prefill
 from . import model_cli
-from .decode import _model
+from .decode import random_model
 
 TIMING = ("with/without cache: triton.testing.do_bench median (L2 flushed) of one eager decode step "
           "(lengths reset first) or one forward pass over the sequence; host-to-device: do_bench "
@@ -97,7 +97,7 @@ def run(preset: str = "llama-3.2-1b", *, lengths=LENGTHS, smoke: bool = False) -
         preset, lengths, sizes, batch, context = "tiny", (4, 8), (2**12, 2**16), 2, 8
     config = ModelConfig.from_preset(preset)
     dtype = device.default_dtype() if device.HAS_GPU else torch.float32
-    model = _model(config, "sdpa", dtype)
+    model = random_model(config, "sdpa", dtype)
     per_token = per_token_times(model, lengths, smoke=smoke)
     del model
     transfers = [transfer(n, pinned, smoke=smoke) for pinned in (False, True) for n in sizes]

@@ -31,7 +31,7 @@ import torch
 from .. import device, measure, roofline
 from ..model import KVCache, ModelConfig, prefill
 from . import model_cli
-from .decode import _model, measure_step, step_bytes
+from .decode import measure_step, random_model, step_bytes
 
 TIMING = ("prefill: triton.testing.do_bench median (L2 flushed) of one forward pass over the prompt "
           "into a fresh cache; decode: one step replayed from a CUDA graph (decode.measure_step)")
@@ -87,7 +87,7 @@ def run(preset: str = "llama-3.2-1b", *, lengths=PROMPT_LENGTHS, batches=BATCHES
         copy_GBps = measure.copy_bandwidth()["GBps"]
         matmul_TFLOPs = measure.matmul_flops(dtype=dtype)["TFLOPs"]
     timer = (lambda fn: measure.wall_us(fn, reps=1)) if smoke else measure.bench_us
-    model = _model(config, "sdpa", dtype)
+    model = random_model(config, "sdpa", dtype)
 
     prefills = []
     for L in lengths:

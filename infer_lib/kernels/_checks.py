@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 
 import torch
 
@@ -104,3 +105,22 @@ def check_heads(op: str, q, kv, kv_names: str = "k and v", head_dims=(16, 32, 64
         raise ValueError(f"{op}: H={H} query heads is not a multiple of H_kv={H_kv} key/value heads")
     if D not in head_dims:
         raise ValueError(f"{op}: head dim D={D} unsupported: use a power of two from 16 to 128")
+
+
+def seqlen_values_checked(cache_seqlens: torch.Tensor) -> bool:
+    """Whether a launcher reads per-sequence lengths to check them: free on the CPU; on a GPU a
+    host synchronisation (and impossible inside a CUDA graph), so only with ``INFER_LIB_CHECKS=1``."""
+    return cache_seqlens.device.type == "cpu" or os.environ.get("INFER_LIB_CHECKS") == "1"
+
+
+def check_seqlen_values(op: str, cache_seqlens: torch.Tensor, S_max: int) -> None:
+    """Each length in ``1..S_max`` (it counts the cached tokens, the one being decoded included);
+    only where ``seqlen_values_checked`` says reading them is allowed."""
+    if not seqlen_values_checked(cache_seqlens):
+        return
+    bad = (cache_seqlens < 1) | (cache_seqlens > S_max)
+    if bool(bad.any()):
+        b = int(bad.nonzero()[0, 0])
+        raise ValueError(f"{op}: cache_seqlens[{b}] = {int(cache_seqlens[b])} is outside 1..{S_max}: "
+                         "each length counts the cached tokens of its sequence, the one being "
+                         "decoded included, in a cache of S_max positions")

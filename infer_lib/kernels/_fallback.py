@@ -21,6 +21,7 @@ import torch
 
 from .. import source
 from ..reference import attention_ref
+from ._checks import check_seqlen_values
 
 
 class TritonNotInstalledWarning(UserWarning):
@@ -111,5 +112,6 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: b
 def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, cache_seqlens: torch.Tensor,
                      sm_scale: float | None = None, num_splits: int | None = None) -> torch.Tensor:
     """Without Triton: ``decode_attention_ref(q, k_cache, v_cache, cache_seqlens, sm_scale)``."""
+    check_seqlen_values("decode_attention", cache_seqlens, k_cache.shape[2])
     _note("decode_attention", "decode_attention_ref")
     return decode_attention_ref(q, k_cache, v_cache, cache_seqlens, sm_scale=sm_scale)

@@ -64,7 +64,6 @@ FlashInfer's and vLLM's split-KV decode kernels.
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 import triton
@@ -73,7 +72,8 @@ import triton.language as tl
 from .. import device
 from ..reference import attention_ref
 from . import _tuning
-from ._checks import check_bf16_supported, check_heads, check_same, check_sm_scale, check_tensor
+from ._checks import (check_bf16_supported, check_heads, check_same, check_seqlen_values, check_sm_scale,
+                      check_tensor)
 
 #: log2(e): exp(x) = exp2(x · LOG2E)
 LOG2E = 1.4426950408889634
@@ -200,12 +200,6 @@ def _decode_combine_kernel(
     tl.store(o_ptrs, out.to(o_ptr.dtype.element_ty))
 
 
-def _values_checked(cache_seqlens: torch.Tensor) -> bool:
-    """Whether the launcher reads the lengths to check them: free on the CPU; on a GPU a host
-    synchronisation (and impossible inside a CUDA graph), so only with ``INFER_LIB_CHECKS=1``."""
-    return cache_seqlens.device.type == "cpu" or os.environ.get("INFER_LIB_CHECKS") == "1"
-
-
 def _check_inputs(q, k_cache, v_cache, cache_seqlens, sm_scale, num_splits) -> None:
     op = "decode_attention"
     for name, t in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache)):
@@ -236,14 +230,7 @@ def _check_inputs(q, k_cache, v_cache, cache_seqlens, sm_scale, num_splits) -> N
                          f"{tuple(cache_seqlens.shape)}")
     if cache_seqlens.device != q.device:
         raise ValueError(f"{op}: q is on {q.device} but cache_seqlens is on {cache_seqlens.device}")
-    if _values_checked(cache_seqlens):
-        S_max = k_cache.shape[2]
-        bad = (cache_seqlens < 1) | (cache_seqlens > S_max)
-        if bool(bad.any()):
-            b = int(bad.nonzero()[0, 0])
-            raise ValueError(f"{op}: cache_seqlens[{b}] = {int(cache_seqlens[b])} is outside 1..{S_max}: "
-                             "each length counts the cached tokens of its sequence, the one being "
-                             "decoded included, in a cache of S_max positions")
+    check_seqlen_values(op, cache_seqlens, k_cache.shape[2])
     check_sm_scale(op, sm_scale)
     if num_splits is not None and (isinstance(num_splits, bool) or not isinstance(num_splits, int)
                                    or num_splits < 1):
