@@ -18,9 +18,10 @@ def test_smoke_run_follows_the_layout():
     assert doc["provenance"]["smoke"] is True and doc["timing"] == decode.SMOKE_TIMING
     assert {(r["backend"], r["batch"]) for r in doc["records"]} == {
         (b, n) for b in decode.BACKENDS for n in (1, 2)}
+    dtype = device.default_dtype() if device.HAS_GPU else torch.float32   # what the run used
+    assert doc["params"]["dtype"] == device.dtype_name(dtype)
     for r in doc["records"]:
-        assert r["bytes"] == decode.step_bytes(ModelConfig.from_preset("tiny"), r["batch"], r["context"],
-                                               torch.float32)
+        assert r["bytes"] == decode.step_bytes(ModelConfig.from_preset("tiny"), r["batch"], r["context"], dtype)
         assert r["fraction_of_roofline"] == pytest.approx(r["roofline_ms"] / r["ms"], rel=1e-3)
 
 

@@ -20,7 +20,9 @@ def test_smoke_run_follows_the_layout():
     assert {t["pinned"] for t in doc["transfer"]} == {False, True}
     off = doc["offload"]
     cfg = ModelConfig.from_preset("tiny")
-    assert off["cache_bytes"] == cfg.kv_cache_bytes_per_token(torch.float32) * off["context"] * off["batch"]
+    dtype = device.default_dtype() if device.HAS_GPU else torch.float32   # what the run used
+    assert doc["params"]["dtype"] == device.dtype_name(dtype)
+    assert off["cache_bytes"] == cfg.kv_cache_bytes_per_token(dtype) * off["context"] * off["batch"]
     assert off["slowdown"] == pytest.approx(off["pcie_ms"] / off["hbm_ms"], rel=1e-3)
 
 
