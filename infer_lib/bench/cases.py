@@ -16,6 +16,7 @@ from .. import device
 from ..kernels import vector_add
 from .attention_cases import flash_attention_cases, softmax_cases
 from .core import Case
+from .decode_cases import decode_attention_cases
 from .matmul_cases import batch_sweep, matmul_cases
 
 
@@ -48,4 +49,5 @@ CASES = {
     "matmul_batch_sweep": batch_sweep,
     "softmax": softmax_cases,
     "flash_attention": flash_attention_cases,
+    "decode_attention": decode_attention_cases,
 }
