@@ -393,11 +393,14 @@ def _da_smem(config: triton.Config, element_size: int, shape: dict) -> int:
 DECODE_ATTENTION = KernelConfigs(
     name="decode_attention",
     lists={
-        # Not yet measured on a GPU: the first call on a large cache times these (the whole
-        # step, split and combine, from CUDA-graph replays) and keeps the fastest. A decode
-        # step streams the cache: long K/V tiles and deep pipelines keep more bytes in flight.
-        "hopper": [_da(bn, s, w) for bn in (64, 128) for s in (2, 3, 4) for w in (4, 8)]
-                  + [_da(32, s, 4) for s in (3, 4)],
+        # (BLOCK_N, num_stages, num_warps): the configurations within 2% of the best for at
+        # least one of the benchmark's shapes (bf16, D = 128: GQA B16 and B64 at 4k, MHA B16,
+        # MQA B16, B1 at 32k, a ragged B16 up to 8k), out of 27 timed on an H200 — the whole
+        # step, GPU time from CUDA-graph replays, 2026-12-02 (tools/TUNING_NOTES.md). A decode
+        # step streams the cache; 2 warps suffice for the 16-row tiles of a GQA group.
+        "hopper": [_da(64, 3, 4), _da(64, 2, 2), _da(64, 3, 2), _da(64, 4, 2), _da(64, 4, 4),
+                   _da(64, 3, 8), _da(32, 3, 2), _da(32, 4, 2), _da(32, 3, 4), _da(128, 2, 4),
+                   _da(128, 2, 8), _da(128, 3, 8)],
         "default": [_da(bn, s, 4) for bn in (32, 64) for s in (2, 3)],
     },
     smem_bytes=_da_smem,
