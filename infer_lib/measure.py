@@ -376,8 +376,13 @@ def load_reference(topic: str, gpu: str = REFERENCE_GPU) -> dict:
 
 def load_references(topic: str) -> dict[str, dict]:
     """Every shipped measurement file of ``topic``, ``{gpu_key: document}`` in the order of
-    ``SHIPPED_GPUS`` (the reference GPU first): what a chapter plots to show more than one card."""
-    return {gpu: load_reference(topic, gpu) for gpu in SHIPPED_GPUS}
+    ``SHIPPED_GPUS`` (the reference GPU first): what a chapter plots to show more than one card.
+    A GPU measured before the topic existed has no file and is left out (the H100 has none for
+    chapters 5-6); a topic with no file at all is an error."""
+    docs = {gpu: load_reference(topic, gpu) for gpu in SHIPPED_GPUS if reference_path(topic, gpu).exists()}
+    if not docs:
+        load_reference(topic)           # raises, naming the files there are
+    return docs
 
 
 def save(payload: dict, path: str | Path) -> Path:
