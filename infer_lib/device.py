@@ -224,6 +224,17 @@ class AttentionSizes:
 
 
 @dataclass(frozen=True)
+class PrefillDecodeSizes:
+    """Chapter 5's live measurement (``experiments.prefill_decode.run``): the model preset, the
+    prompt lengths of the prefill sweep, the batches of the decode sweep and its context."""
+
+    preset: str
+    lengths: tuple[int, ...]
+    batches: tuple[int, ...]
+    context: int
+
+
+@dataclass(frozen=True)
 class Profile:
     """Problem sizes for notebooks, experiments and tests: tiny on the CPU, realistic on a GPU.
 
@@ -244,6 +255,8 @@ class Profile:
     bottlenecks: BottleneckSizes
     linear: LinearSizes
     attention: AttentionSizes
+    #: chapter 5's live sweep on the model; None where nothing is timed (the CPU)
+    prefill_decode: PrefillDecodeSizes | None = None
 
 
 def _pow2_range(lo: int, hi: int) -> tuple[int, ...]:
@@ -286,6 +299,8 @@ PROFILES: dict[str, Profile] = {
             checks=_GPU_ATTENTION_CHECKS,
             sweep=AttentionSweepSizes(seq_lens=tuple(2**p for p in range(9, 13)), B=1, H=16, D=128),
             steps_S=2048, softmax_widths=_SOFTMAX_WIDTHS, softmax_bytes=2**26),
+        prefill_decode=PrefillDecodeSizes("llama-3.2-1b", lengths=(128, 512, 2048),
+                                          batches=(1, 4, 16, 64), context=512),
     ),
     # 40 GB and up (A100, H100, H200, B200).
     "gpu-large": Profile(
@@ -299,6 +314,8 @@ PROFILES: dict[str, Profile] = {
             checks=_GPU_ATTENTION_CHECKS,
             sweep=AttentionSweepSizes(seq_lens=tuple(2**p for p in range(9, 14)), B=1, H=32, D=128),
             steps_S=4096, softmax_widths=_SOFTMAX_WIDTHS, softmax_bytes=2**28),
+        prefill_decode=PrefillDecodeSizes("llama-3.2-1b", lengths=(128, 512, 2048, 8192),
+                                          batches=(1, 8, 64, 256), context=512),
     ),
 }
 

@@ -10,7 +10,11 @@ book's column (7 inches, about 700 px wide; no text under 9 pt):
   DRAM, NICs (chapter 1);
 * ``tiled_matmul(...)`` — how a tiled matmul walks its tiles (chapter 3);
 * ``flash_attention_loop(...)`` — FlashAttention's loop over key/value tiles,
-  with the causal tile map of ``experiments.attention_sweep.tile_map`` (chapter 4).
+  with the causal tile map of ``experiments.attention_sweep.tile_map`` (chapter 4);
+* ``prefill_decode(...)`` — prefill's one pass over a ``(B, S)`` block against decoding's
+  one column per step, and what each reads from HBM (chapter 5);
+* ``split_kv_decode(...)`` — split-KV decode attention: one sequence's keys cut into chunks,
+  each a program writing partial results, and the combine that merges them (chapter 6).
 
 ``spec`` is a row of ``infer_lib.hardware.SPECS``, its key, or ``None`` for the
 H100 SXM. Every number drawn comes from that row or from ``SM_FACTS`` /
@@ -50,7 +54,8 @@ from .hardware import (GPUSpec, _ADA_WHITEPAPER, _AMPERE_WHITEPAPER, _HOPPER_WHI
                        _TURING_WHITEPAPER, _VOLTA_WHITEPAPER)
 
 __all__ = ["PALETTE", "SM_FACTS", "SHARED_MEMORY_BANKS", "SMFacts", "sm", "memory_hierarchy",
-           "node", "tiled_matmul", "grouped_pid_to_tile", "flash_attention_loop"]
+           "node", "tiled_matmul", "grouped_pid_to_tile", "flash_attention_loop", "prefill_decode",
+           "split_kv_decode"]
 
 #: The GPU drawn when no spec is given: the course's reference GPU.
 DEFAULT_GPU = "h100_sxm"
@@ -226,8 +231,9 @@ _CAPTION_CHARS = 94
 def _caption(ax, text: str, *, y: float = 0.06, chars: int = _CAPTION_CHARS) -> float:
     """The source line(s) at the bottom; returns the height they take."""
     lines = textwrap.wrap(text, chars)
-    for i, line in enumerate(reversed(lines)):
-        ax.text(0.12, y + i * _LINE, line, ha="left", va="bottom", fontsize=_FS, color="#444444")
+    for i, line in enumerate(lines):          # in reading order, the first line highest
+        ax.text(0.12, y + (len(lines) - 1 - i) * _LINE, line, ha="left", va="bottom", fontsize=_FS,
+                color="#444444")
     return len(lines) * _LINE
 
 
@@ -1018,5 +1024,208 @@ def flash_attention_loop(S_q: int = 1024, S_k: int = 1024, BLOCK_M: int = 128,
                                                                  + 0.1 + legend_h),
               bbox_transform=ax.transData, ncol=3, fontsize=_FS, frameon=False,
               handlelength=1.6, columnspacing=1.2, borderaxespad=0)
+    _caption(ax, caption)
+    return fig
+
+
+# ----------------------------------------------------------------------------
+# 6. Prefill and decode
+# ----------------------------------------------------------------------------
+
+def prefill_decode(B: int = 4, S: int = 6, new: int = 4, *, step: int = 2) -> Figure:
+    """The two stages of inference on a batch of ``B`` prompts of ``S`` tokens (chapter 5).
+
+    Left, **prefill**: the whole ``(B, S)`` block of prompt tokens goes through the model in
+    one forward pass; every weight read from HBM serves all ``B · S`` tokens, and the keys and
+    values of every token are written to the KV cache. Right, **decode**: one new token per
+    sequence per step, a ``(B, 1)`` column (step ``step`` of ``new`` highlighted); each step
+    reads every weight again for only ``B`` tokens, and reads each sequence's whole cache (its
+    prompt and the tokens decoded so far). Below, what sits in HBM. No hardware figures.
+    """
+    _check_positive(B=B, S=S, new=new, step=step)
+    if step > new:
+        raise ValueError(f"step must be at most new={new} (the decode steps drawn), got {step}")
+    caption = ("Per token, a forward pass does about 2 FLOPs per weight. Prefill: all B·S tokens "
+               "share one read of the weights, so its intensity grows with B·S. A decode step: "
+               "B tokens share the weights, and every sequence reads its cache as well, so its "
+               "intensity stays below B. No hardware figures.")
+    n_caption = len(textwrap.wrap(caption, _CAPTION_CHARS))
+    W = 7.0
+    cell = min(0.22, 2.2 / (S + new), 1.5 / B)
+    grid_h = B * cell
+    top = 0.95                                   # title and subtitle
+    head_h = 2 * _LINE + 0.12                    # a panel's heading
+    hbm_h = 1.05
+    legend_h = 0.5
+    H = top + head_h + grid_h + 0.55 + 0.75 + hbm_h + legend_h + n_caption * _LINE + 0.2
+    fig, ax = _canvas(W, H)
+
+    ax.text(W / 2, H - 0.22, "Prefill and decode: what one forward pass processes, and reads",
+            ha="center", va="center", fontsize=_FS_TITLE, weight="bold")
+    ax.text(W / 2, H - 0.22 - 1.4 * _LINE, f"B = {B} sequences, prompts of S = {S} tokens, "
+            f"{new} decode steps (step {step} highlighted)", ha="center", va="center",
+            fontsize=_FS)
+
+    panels = ((0.45, "Prefill: the whole prompt at once", "one forward pass over (B, S)"),
+              (3.75, "Decode: one token per sequence per step", f"step {step}: a (B, 1) column"))
+    y_head = H - top
+    y_grid_top = y_head - head_h
+    y_grid_bot = y_grid_top - grid_h
+    cached = dict(facecolor=PALETTE["l2"][0], edgecolor=_MEMORY, lw=0.8)
+    done = dict(facecolor=PALETTE["l2"][0], edgecolor=_MEMORY, lw=0.8, hatch="///")
+    current = dict(facecolor=PALETTE["tensor"][0], edgecolor=_COMPUTE, lw=0.8)
+    future = dict(facecolor="white", edgecolor="#969696", lw=0.8, linestyle=(0, (2, 2)))
+    prompt = dict(facecolor=PALETTE["compute"][0], edgecolor=_COMPUTE, lw=0.8)
+    centres = []
+    for k, (x0, title, sub) in enumerate(panels):
+        ax.text(x0, y_head - 0.5 * _LINE, title, ha="left", va="center", fontsize=_FS,
+                weight="bold")
+        ax.text(x0, y_head - 1.6 * _LINE, sub, ha="left", va="center", fontsize=_FS)
+        cols = S if k == 0 else S + new
+        for b in range(B):
+            for t in range(cols):
+                if k == 0:
+                    st = prompt
+                elif t < S or t < S + step - 1:
+                    st = cached if t < S else done
+                elif t == S + step - 1:
+                    st = current
+                else:
+                    st = future
+                _add(ax, Rectangle((x0 + t * cell, y_grid_top - (b + 1) * cell), cell, cell,
+                                   zorder=2, gid=f"{'prefill' if k == 0 else 'decode'} {b} {t}",
+                                   **st))
+        if k == 0:      # the block of one pass
+            _add(ax, Rectangle((x0, y_grid_bot), S * cell, grid_h, facecolor="none",
+                               edgecolor="black", lw=2.2, zorder=4))
+        else:           # the column of this step
+            _add(ax, Rectangle((x0 + (S + step - 1) * cell, y_grid_bot), cell, grid_h,
+                               facecolor="none", edgecolor="black", lw=2.2, zorder=4))
+        ax.text(x0, y_grid_bot - 0.16, "positions →", ha="left", va="center", fontsize=_FS)
+        ax.text(x0 - 0.08, (y_grid_top + y_grid_bot) / 2, "B", ha="right", va="center",
+                fontsize=_FS)
+        centres.append(x0 + (S if k == 0 else S + step - 0.5) * cell / (1 if k else 2))
+
+    # what each pass reads and writes: labels between the grids and HBM
+    y_hbm_top = y_grid_bot - 0.55 - 0.75
+    y_hbm = y_hbm_top - hbm_h
+    _box(ax, 0.3, y_hbm, W - 0.6, hbm_h, "hbm")
+    ax.text(0.42, y_hbm_top - 0.16, "HBM", ha="left", va="center", fontsize=_FS,
+            weight="bold")
+    wx, ww = 0.95, 2.45
+    kx, kw = 3.75, 2.85
+    _box(ax, wx, y_hbm + 0.12, ww, hbm_h - 0.3, "l2", "weights: 2·N bytes (16-bit)",
+         ["the same for every token"], title_weight="normal")
+    _box(ax, kx, y_hbm + 0.12, kw, hbm_h - 0.3, "l2", "KV cache: B · T · (KV bytes per token)",
+         ["grows with batch and context"], title_weight="normal")
+    y_a0, y_a1 = y_hbm + 0.12 + hbm_h - 0.3, y_grid_bot - 0.32
+    x_pre = panels[0][0] + S * cell / 2
+    x_dec = panels[1][0] + (S + step - 0.5) * cell
+    _arrow(ax, (x_pre, y_a0), (x_pre, y_a1), color=_MEMORY, lw=1.6, zorder=5)
+    ax.text(x_pre + 0.1, (y_a0 + y_a1) / 2 + 0.5 * _LINE, "weights read once,", ha="left",
+            va="center", fontsize=_FS)
+    ax.text(x_pre + 0.1, (y_a0 + y_a1) / 2 - 0.5 * _LINE, "B·S tokens share them", ha="left",
+            va="center", fontsize=_FS)
+    # the prefill fills the cache that decoding reads: prefill block → the decode grid's prompt
+    y_mid = (y_grid_top + y_grid_bot) / 2
+    x_from, x_to = panels[0][0] + S * cell + 0.1, panels[1][0] - 0.25
+    _arrow(ax, (x_from, y_mid), (x_to, y_mid), color=_COMPUTE, lw=1.6, ls="--")
+    ax.text((x_from + x_to) / 2, y_mid + 0.6 * _LINE, "writes K, V", ha="center", va="center",
+            fontsize=_FS)
+    ax.text((x_from + x_to) / 2, y_mid - 0.6 * _LINE, "to the cache", ha="center", va="center",
+            fontsize=_FS)
+    _arrow(ax, (wx + ww - 0.2, y_a0), (x_dec - 0.12, y_a1), color=_MEMORY, lw=1.6, zorder=5)
+    _arrow(ax, (x_dec + 0.05, y_a0), (x_dec + 0.05, y_a1), color=_MEMORY, lw=1.6, zorder=5)
+    for i, line in enumerate(("each step reads", "all weights, for", "B tokens, and", "every cache")):
+        ax.text(x_dec + 0.2, (y_a0 + y_a1) / 2 + (1.5 - i) * _LINE, line, ha="left",
+                va="center", fontsize=_FS)
+
+    handles = [Patch(label="prompt token (prefill)", **{k: v for k, v in prompt.items() if k != "lw"}),
+               Patch(label="in the cache", **{k: v for k, v in cached.items() if k != "lw"}),
+               Patch(label="decoded, now cached", **{k: v for k, v in done.items() if k != "lw"}),
+               Patch(label="this step's new token", **{k: v for k, v in current.items()
+                                                       if k != "lw"}),
+               Patch(label="later steps", **{k: v for k, v in future.items() if k != "lw"})]
+    ax.legend(handles=handles, loc="upper left",
+              bbox_to_anchor=(0.12, 0.12 + n_caption * _LINE + 0.1 + legend_h),
+              bbox_transform=ax.transData, ncol=3, fontsize=_FS, frameon=False,
+              handlelength=1.6, columnspacing=1.2, borderaxespad=0)
+    _caption(ax, caption)
+    return fig
+
+
+# ----------------------------------------------------------------------------
+# 7. Split-KV decode attention
+# ----------------------------------------------------------------------------
+
+def split_kv_decode(S: int = 4096, num_splits: int = 4, group: int = 4) -> Figure:
+    """Split-KV ("flash decoding") for one sequence and one KV head (chapter 6).
+
+    Top, the ``group`` query heads that share the KV head: one tile of one program per split.
+    Middle, the sequence's ``S`` cached keys and values cut into ``num_splits`` chunks (1 to 6),
+    each streamed by its own program, which writes its partial maximum ``m_s``, sum ``l_s`` and
+    un-normalised output ``o_s``. Bottom, the combine kernel that merges the partials exactly,
+    with the log-sum-exp rescaling of ``infer_lib.kernels.decode_attention_kernel``."""
+    for nm, v, lo, hi in (("S", S, 1, None), ("num_splits", num_splits, 1, 6),
+                          ("group", group, 1, None)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < lo or (hi and v > hi):
+            bound = f"between {lo} and {hi}" if hi else f"≥ {lo}"
+            raise ValueError(f"{nm} must be an integer {bound}, got {v!r}")
+    if num_splits > S:
+        raise ValueError(f"num_splits={num_splits} is more than the S={S} keys to split")
+    chunk = math.ceil(S / num_splits)
+    bounds = [(s * chunk, min((s + 1) * chunk, S)) for s in range(num_splits)]
+    bounds = [(a, b) for a, b in bounds if a < b]
+    n = len(bounds)
+
+    caption = ("Split-KV decoding (Flash-Decoding, Dao, Haziza, Massa and Sizov 2023), as "
+               "infer_lib.kernels.decode_attention_kernel does it: grid (B · H_kv, splits), then "
+               "one combine program per (sequence, query head). No hardware figures.")
+    n_caption = len(textwrap.wrap(caption, _CAPTION_CHARS))
+    W = 7.0
+    formula = ("m = max_s m_s,    w_s = 2^(m_s − m)",
+               "out = Σ_s w_s · o_s  /  Σ_s w_s · l_s")
+    H = 0.75 + 0.55 + 0.35 + 0.75 + 0.35 + 0.6 + 0.35 + 0.55 + len(formula) * _LINE \
+        + 0.15 + n_caption * _LINE + 0.15
+    fig, ax = _canvas(W, H)
+    ax.text(W / 2, H - 0.2, "Split-KV decode attention: one sequence, one KV head",
+            ha="center", va="center", fontsize=_FS_TITLE, weight="bold")
+    ax.text(W / 2, H - 0.45, f"S = {S} cached tokens in {n} splits of up to {chunk} keys; "
+            f"G = {group} query heads share the KV head", ha="center", va="center", fontsize=_FS)
+
+    x0, x1 = 0.35, W - 0.35
+    y = H - 0.75
+    _box(ax, x0, y - 0.55, x1 - x0, 0.55, "registers",
+         f"q: the G = {group} query heads of this KV head, one tile (rows padded to 16)",
+         ["loaded by every split's program; each K/V tile then serves all G rows"],
+         title_weight="normal", gid="queries")
+    y -= 0.55 + 0.35
+    seg_w = (x1 - x0 - 0.08 * (n - 1)) / n
+    cache_top = y
+    for s, (a, b) in enumerate(bounds):
+        sx = x0 + s * (seg_w + 0.08)
+        _arrow(ax, (sx + seg_w / 2, cache_top + 0.33), (sx + seg_w / 2, cache_top + 0.02),
+               color=_GREY, lw=1.2)
+        lines = [f"keys {a}–{b - 1}"] if seg_w >= 1.2 else [f"{a}–{b - 1}"]
+        _box(ax, sx, y - 0.75, seg_w, 0.75, "hbm", f"split {s}", lines + [f"program {s}"],
+             gid=f"split {s}")
+    ax.text(x0 - 0.05, y - 0.375, "K, V", ha="right", va="center", fontsize=_FS, rotation=90)
+    y -= 0.75 + 0.35
+    for s in range(n):
+        sx = x0 + s * (seg_w + 0.08)
+        _arrow(ax, (sx + seg_w / 2, y + 0.33), (sx + seg_w / 2, y + 0.02), color=_LINK, lw=1.4)
+        _box(ax, sx, y - 0.6, seg_w, 0.6, "link", f"m_{s}, l_{s}, o_{s}",
+             ["partials, fp32"], gid=f"partial {s}")
+    y -= 0.6 + 0.35
+    cx, cw = W / 2 - 1.6, 3.2
+    for s in range(n):
+        sx = x0 + s * (seg_w + 0.08) + seg_w / 2
+        _arrow(ax, (sx, y + 0.33), (cx + cw * (s + 1) / (n + 1), y + 0.02), color=_LINK, lw=1.2)
+    _box(ax, cx, y - 0.55, cw, 0.55, "compute", "combine: one program per (b, h)",
+         ["rescales each split to the common maximum"], gid="combine")
+    y -= 0.55 + 0.1
+    for k, line in enumerate(formula):
+        ax.text(W / 2, y - (k + 0.5) * _LINE, line, ha="center", va="center", fontsize=_FS,
+                family="monospace")
     _caption(ax, caption)
     return fig

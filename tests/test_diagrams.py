@@ -88,6 +88,8 @@ DEFAULTS = {
     "node": lambda: diagrams.node(),
     "tiled_matmul": lambda: diagrams.tiled_matmul(),
     "flash_attention_loop": lambda: diagrams.flash_attention_loop(),
+    "prefill_decode": lambda: diagrams.prefill_decode(),
+    "split_kv_decode": lambda: diagrams.split_kv_decode(),
 }
 
 LAYOUTS = {
@@ -97,6 +99,10 @@ LAYOUTS = {
        for name in ("sm", "memory_hierarchy", "node")},
     **{f"node-{n}": (lambda n=n: diagrams.node(n)) for n in (1, 2, 3, 4, 16)},
     "tiled_matmul": lambda: diagrams.tiled_matmul(),
+    **{f"prefill_decode-{B}x{S}-{new}": (lambda B=B, S=S, new=new: diagrams.prefill_decode(B, S, new, step=new - 1))
+       for B, S, new in ((1, 3, 2), (4, 6, 4), (8, 12, 6))},
+    **{f"split_kv_decode-{n}": (lambda n=n: diagrams.split_kv_decode(num_splits=n)) for n in (1, 2, 4, 6)},
+    "split_kv_decode-mqa": lambda: diagrams.split_kv_decode(S=32768, num_splits=3, group=8),
     "tiled_matmul-ragged": lambda: diagrams.tiled_matmul(300, 500, 200, 64, 64, 32, pid=20,
                                                          k_step=6),
     "tiled_matmul-decode": lambda: diagrams.tiled_matmul(64, 2048, 1024, 64, 128, 64, pid=3,
