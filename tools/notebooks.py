@@ -37,7 +37,8 @@ MIN_EXERCISES = 3
 #: whose stub function raises ``NotImplementedError`` and whose check uses ``check_function``.
 #: Every chapter has one; a new chapter is added here with its first coding exercise.
 CODING_EXERCISE_REQUIRED: list[str] = ["01_gpu_architecture.ipynb", "02_bottlenecks_and_roofline.ipynb",
-                                        "03_linear_layer.ipynb", "04_attention.ipynb"]
+                                        "03_linear_layer.ipynb", "04_attention.ipynb",
+                                        "05_prefill_and_decode.ipynb", "06_kv_cache.ipynb"]
 
 #: The first line of every solution cell: Colab shows a form cell as this title, its code folded.
 SOLUTION_TITLE = "#@title Solution (double-click to show)"
