@@ -126,7 +126,8 @@ def check_number(answer, expected: float, *, name: str, unit: str = "", rel: flo
             if "GiB" in hint and "B" not in unit:     # bytes only: not for counts or ratios
                 continue
             if math.isclose(ratio, factor, rel_tol=max(rel, 0.02)):
-                raise AssertionError(f"{name}: {answer:g}{u} is {hint}.")
+                end = "" if hint.endswith("?") else "."
+                raise AssertionError(f"{name}: {answer:g}{u} is {hint}{end}")
         direction = "too large" if ratio > 1 else "too small"
         # How far off, in coarse bands only: the exact ratio would give the answer away.
         spread = max(ratio, 1 / ratio) if ratio > 0 else math.inf

@@ -75,6 +75,13 @@ def _max_shared_memory(index: int) -> int:
         return int(getattr(props, "shared_memory_per_block_optin", 48 * 1024))
 
 
+def cdiv(a: int, b: int) -> int:
+    """``ceil(a / b)`` for integers on the host. Not ``triton.cdiv``: in recent Triton that is a
+    constexpr function whose call from Python costs about 10 µs (it unwraps its arguments), and
+    a launcher computes several per call."""
+    return -(-a // b)
+
+
 def bucket(n: int) -> int:
     """The cache bucket of a length: the next power of two (1, 2, 4, …).
 
@@ -351,7 +358,7 @@ def softmax_config(n_cols: int, element_size: int, max_smem: int | None = None) 
     in ``max_smem`` (default: the current device's) — not for fp32 rows, nor on GPUs
     with less shared memory than a Hopper.
     """
-    block = max(16, triton.next_power_of_2(n_cols))
+    block = max(16, bucket(n_cols))
     if block >= SOFTMAX_PERSISTENT_MIN_BLOCK:
         limit = max_shared_memory() if max_smem is None else max_smem
         # + 16 KB for the reductions' scratch

@@ -242,8 +242,8 @@ def choose_splits(B: int, H_kv: int, S_max: int, block_n: int, programs: int) ->
     """How many chunks each sequence's keys are cut into: enough for ``B · H_kv · splits`` to
     reach ``programs`` (about two per SM), never more than there are key tiles or
     ``MAX_SPLITS``. From the shapes only, so a CUDA graph of a decode step stays valid."""
-    tiles = max(1, triton.cdiv(S_max, block_n))
-    want = triton.cdiv(programs, max(1, B * H_kv))
+    tiles = max(1, _tuning.cdiv(S_max, block_n))
+    want = _tuning.cdiv(programs, max(1, B * H_kv))
     return max(1, min(want, tiles, MAX_SPLITS))
 
 
@@ -298,8 +298,8 @@ def _launch(q, k_cache, v_cache, cache_seqlens, out, sm_scale: float, num_splits
     block_n = cfg.kwargs["BLOCK_N"]
     splits = num_splits or choose_splits(B, H_kv, S_max, block_n, 2 * _tuning.sm_count())
     splits = max(1, min(splits, MAX_SPLITS))
-    chunk = triton.cdiv(triton.cdiv(max(S_max, 1), splits), block_n) * block_n   # a multiple of BLOCK_N
-    splits = max(1, triton.cdiv(max(S_max, 1), chunk))
+    chunk = _tuning.cdiv(_tuning.cdiv(max(S_max, 1), splits), block_n) * block_n   # a multiple of BLOCK_N
+    splits = max(1, _tuning.cdiv(max(S_max, 1), chunk))
     o_part = torch.empty((B * H * splits, D), device=q.device, dtype=torch.float32)
     m_part = torch.empty((B * H * splits,), device=q.device, dtype=torch.float32)
     l_part = torch.empty_like(m_part)
@@ -309,11 +309,11 @@ def _launch(q, k_cache, v_cache, cache_seqlens, out, sm_scale: float, num_splits
         q.stride(0), q.stride(1), q.stride(2),
         *k_cache.stride(), *v_cache.stride(),
         H_kv, group, S_max, chunk, splits,
-        HEAD_DIM=D, BLOCK_G=max(16, triton.next_power_of_2(group)), BLOCK_N=block_n,
+        HEAD_DIM=D, BLOCK_G=max(16, _tuning.bucket(group)), BLOCK_N=block_n,
         UPCAST=device.INTERPRET, DOT_PRECISION="ieee" if (fp32 or device.INTERPRET) else "tf32",
         num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     _decode_combine_kernel[(B * H,)](
         o_part, m_part, l_part, cache_seqlens, out,
         out.stride(0), out.stride(1), out.stride(2),
         H, S_max, chunk, splits,
-        HEAD_DIM=D, BLOCK_S=triton.next_power_of_2(splits), num_warps=4)
+        HEAD_DIM=D, BLOCK_S=_tuning.bucket(splits), num_warps=4)

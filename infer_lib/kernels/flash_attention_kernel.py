@@ -257,7 +257,7 @@ def _check_inputs(q, k, v, sm_scale) -> None:
 
 def _grid(B: int, H: int, S_q: int, block_m: int) -> tuple[int]:
     """One program per (batch, head, query tile), all along the first grid dimension."""
-    programs = B * H * triton.cdiv(S_q, block_m)
+    programs = B * H * _tuning.cdiv(S_q, block_m)
     if programs > MAX_PROGRAMS:
         raise ValueError(f"flash_attention: B·H·⌈S_q/BLOCK_M⌉ = {B}·{H}·⌈{S_q}/{block_m}⌉ = {programs} "
                          f"programs exceed CUDA's grid limit of 2**31 − 1; split the batch")

@@ -175,7 +175,7 @@ def _kernel_flags(dtype: torch.dtype) -> dict:
 
 
 def _grid(M: int, N: int, config: triton.Config) -> tuple[int]:
-    return (triton.cdiv(M, config.kwargs["BLOCK_M"]) * triton.cdiv(N, config.kwargs["BLOCK_N"]),)
+    return (_tuning.cdiv(M, config.kwargs["BLOCK_M"]) * _tuning.cdiv(N, config.kwargs["BLOCK_N"]),)
 
 
 def _tuning_key(M: int, N: int, K: int, dtype: torch.dtype, index, precision: str) -> tuple:

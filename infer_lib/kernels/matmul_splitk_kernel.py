@@ -144,10 +144,10 @@ def _launch(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, cfg: triton.Confi
     """Run the kernel with ``cfg`` on checked, non-empty operands, writing ``c``."""
     (M, K), N = a.shape, b.shape[1]
     bm, bn, bk = cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"], cfg.kwargs["BLOCK_K"]
-    split = max(1, min(cfg.kwargs["SPLIT_K"], triton.cdiv(K, bk)))    # no empty slices
-    k_split = triton.cdiv(triton.cdiv(K, split), bk) * bk              # a multiple of BLOCK_K
-    split = triton.cdiv(K, k_split)
-    grid = (triton.cdiv(N, bn), split, triton.cdiv(M, bm))
+    split = max(1, min(cfg.kwargs["SPLIT_K"], _tuning.cdiv(K, bk)))    # no empty slices
+    k_split = _tuning.cdiv(_tuning.cdiv(K, split), bk) * bk              # a multiple of BLOCK_K
+    split = _tuning.cdiv(K, k_split)
+    grid = (_tuning.cdiv(N, bn), split, _tuning.cdiv(M, bm))
     partial = torch.empty((split, M, N), device=a.device, dtype=torch.float32) if split > 1 else c
     counters = _tile_counters(a.device, grid[0] * grid[2])
     return _matmul_splitk_kernel[grid](

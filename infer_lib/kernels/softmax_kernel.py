@@ -165,7 +165,7 @@ def _launch_fused(x2: torch.Tensor, out2: torch.Tensor, block: int, rows: int, n
     (persistent), and ``num_stages`` > 1 prefetches the next tile's rows.
     """
     n_rows, n_cols = x2.shape
-    n_tiles = triton.cdiv(n_rows, rows)
+    n_tiles = _tuning.cdiv(n_rows, rows)
     grid = (n_tiles if programs is None else max(1, min(programs, n_tiles)),)
     return _softmax_kernel[grid](x2, out2, n_rows, n_cols, x2.stride(0), out2.stride(0),
                                  BLOCK=block, ROWS=rows, NUM_STAGES=num_stages, num_warps=num_warps)

@@ -66,6 +66,6 @@ def vector_add(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     if n == 0:
         return out
     cfg = _tuning.VECTOR_ADD                   # BLOCK_SIZE elements per program
-    grid = (triton.cdiv(n, cfg.kwargs["BLOCK_SIZE"]),)
+    grid = (_tuning.cdiv(n, cfg.kwargs["BLOCK_SIZE"]),)
     _vector_add_kernel[grid](x, y, out, n, **cfg.kwargs, num_warps=cfg.num_warps)
     return out
