@@ -11,7 +11,9 @@ references), so each number is typed once.
 Conventions (units are in the field names):
 
 * Bandwidth in GB/s with 1 GB/s = 1e9 bytes/s; memory capacity in GB as NVIDIA
-  markets it (the driver reports a little less, and in GiB).
+  markets it — which for memory, sold in stacks and chips of binary sizes, means GiB
+  (2**30 bytes; chapter 1): bytes = ``memory_GB * 2**30``. The driver reports a little
+  less (what it reserves).
 * FLOP/s are **dense** peaks in TFLOP/s (1e12 FLOP/s), at the boost clock the
   datasheet assumes. From Ampere on, datasheets headline tensor-core figures
   *with 2:4 structured sparsity*, marked with an asterisk; the dense peak is

@@ -73,6 +73,17 @@ def test_splits_come_from_the_shapes_only():
     assert da.choose_splits(B=1, H_kv=1, S_max=10**6, block_n=16, programs=10**6) == da.MAX_SPLITS
 
 
+def test_the_launched_layout_rounds_chunks_to_whole_tiles():
+    # 33 splits asked of 32 768 keys in 64-key tiles: chunks of 1024, so 32 are launched
+    assert da.split_layout(1, 8, 32768, 64, programs=264) == (32, 1024)
+    assert da.split_layout(16, 1, 4096, 64, programs=264) == (16, 256)     # 17 asked
+    assert da.split_layout(64, 8, 4096, 64, programs=264) == (1, 4096)
+    assert da.split_layout(2, 2, 100, 16, num_splits=3) == (3, 48)
+    for S_max, block_n, n in ((100, 16, 3), (4096, 64, 17), (7, 16, 5), (1, 16, 1)):
+        splits, chunk = da.split_layout(1, 1, S_max, block_n, num_splits=n)
+        assert chunk % block_n == 0 and splits <= n and (splits - 1) * chunk < S_max <= splits * chunk
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_full_caches_match_flash_attention(dtype, poisoned_outputs):
     q, k, v, lens = _inputs(2, 6, 3, 45, 64, dtype, [45, 45])

@@ -247,6 +247,20 @@ def choose_splits(B: int, H_kv: int, S_max: int, block_n: int, programs: int) ->
     return max(1, min(want, tiles, MAX_SPLITS))
 
 
+def split_layout(B: int, H_kv: int, S_max: int, block_n: int, num_splits: int | None = None,
+                 programs: int | None = None) -> tuple[int, int]:
+    """``(splits, chunk)`` as launched: ``num_splits`` (or ``choose_splits`` for ``programs``,
+    default two per SM), each chunk rounded up to a whole number of ``BLOCK_N`` tiles, and the
+    splits recounted from it — so the launch can have fewer splits than asked (32 768 keys in
+    33 splits of 64-key tiles: chunks of 1024, 32 splits)."""
+    if num_splits is None:
+        programs = 2 * _tuning.sm_count() if programs is None else programs
+        num_splits = choose_splits(B, H_kv, S_max, block_n, programs)
+    splits = max(1, min(num_splits, MAX_SPLITS))
+    chunk = _tuning.cdiv(_tuning.cdiv(max(S_max, 1), splits), block_n) * block_n   # a multiple of BLOCK_N
+    return max(1, _tuning.cdiv(max(S_max, 1), chunk)), chunk
+
+
 def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                      cache_seqlens: torch.Tensor, sm_scale: float | None = None,
                      num_splits: int | None = None) -> torch.Tensor:
@@ -296,10 +310,7 @@ def _launch(q, k_cache, v_cache, cache_seqlens, out, sm_scale: float, num_splits
     H_kv, S_max = k_cache.shape[1], k_cache.shape[2]
     group = H // H_kv
     block_n = cfg.kwargs["BLOCK_N"]
-    splits = num_splits or choose_splits(B, H_kv, S_max, block_n, 2 * _tuning.sm_count())
-    splits = max(1, min(splits, MAX_SPLITS))
-    chunk = _tuning.cdiv(_tuning.cdiv(max(S_max, 1), splits), block_n) * block_n   # a multiple of BLOCK_N
-    splits = max(1, _tuning.cdiv(max(S_max, 1), chunk))
+    splits, chunk = split_layout(B, H_kv, S_max, block_n, num_splits)
     o_part = torch.empty((B * H * splits, D), device=q.device, dtype=torch.float32)
     m_part = torch.empty((B * H * splits,), device=q.device, dtype=torch.float32)
     l_part = torch.empty_like(m_part)
