@@ -415,7 +415,7 @@ def spec_from_properties(props) -> GPUSpec:
         compute_capability=f"{props.major}.{props.minor}",
         year=None, form_factor=None,
         sms=props.multi_processor_count,
-        memory_GB=props.total_memory / 1e9,
+        memory_GB=round(props.total_memory / 2**30, 1),    # GiB, as the table's capacities are
         memory_type=None, bandwidth_GBps=None,
         fp32_TFLOPs=None, tf32_TFLOPs=None, fp16_TFLOPs=None, bf16_TFLOPs=None,
         l2_MB=l2_bytes / 2**20 if l2_bytes else None,

@@ -10,7 +10,7 @@ import re
 import pytest
 import torch
 
-from infer_lib import hardware
+from infer_lib import hardware, measure
 from infer_lib.exercises import NOT_ATTEMPTED, ch06
 from infer_lib.model import ModelConfig
 
@@ -67,11 +67,14 @@ def test_cache_size(capsys):
 
 # --- 6.2 -------------------------------------------------------------------------------
 
-def _fit(memory_unit=1e9, weights=True, kv=2, heads="kv", weight_bytes=BF16_BYTES):
+def _fit(memory_unit=2**30, weights=True, kv=2, heads="kv", weight_bytes=BF16_BYTES,
+         layers=True, per_token=False):
+    """Sequences (or, per_token, tokens) of cache beside the weights; NVIDIA's memory GB are GiB."""
     cfg = ModelConfig.from_preset(ch06.FIT["preset"])
     mem = hardware.SPECS[ch06.FIT["gpu"]].memory_GB * memory_unit
     h = cfg.n_kv_heads if heads == "kv" else cfg.n_heads
-    per_seq = kv * cfg.n_layers * h * cfg.head_dim * BF16_BYTES * ch06.FIT["context"]
+    per_seq = kv * (cfg.n_layers if layers else 1) * h * cfg.head_dim * BF16_BYTES
+    per_seq *= 1 if per_token else ch06.FIT["context"]
     w = cfg.num_params() * weight_bytes if weights else 0
     return (mem - w) / per_seq
 
@@ -87,11 +90,13 @@ def test_max_batch(capsys):
     _assert_not_attempted(capsys, "Exercise 6.2")
     hints = [
         _hint(ch06.max_batch, math.ceil(_fit()), match="rounds up"),
-        _hint(ch06.max_batch, math.floor(_fit(memory_unit=2**30)), match="GiB"),
+        _hint(ch06.max_batch, math.floor(_fit(memory_unit=1e9)), match="binary, GiB"),
         _hint(ch06.max_batch, math.floor(_fit(weights=False)), match="weights"),
         _hint(ch06.max_batch, math.floor(_fit(kv=1)), match="key \\*and\\* a value"),
         _hint(ch06.max_batch, math.floor(_fit(heads="q")), match="query heads"),
         _hint(ch06.max_batch, math.floor(_fit(weight_bytes=1)), match="2 bytes per parameter"),
+        _hint(ch06.max_batch, math.floor(_fit(layers=False)), match="leaves out the layers"),
+        _hint(ch06.max_batch, math.floor(_fit(per_token=True)), match="counts tokens"),
         _hint(ch06.max_batch, 3 * right, match="too large"),
     ]
     for hint in hints:
@@ -100,14 +105,27 @@ def test_max_batch(capsys):
     _hint(ch06.max_batch, "many", match="whole number", error=TypeError)
 
 
+def test_max_batch_reads_memory_as_GiB():
+    """The capacity is binary (hardware.py, chapter 1): 80 "GB" are 80 · 2**30 bytes."""
+    cfg = ModelConfig.from_preset(ch06.FIT["preset"])
+    spec = hardware.SPECS[ch06.FIT["gpu"]]
+    free = spec.memory_GB * 2**30 - cfg.num_params() * BF16_BYTES
+    assert ch06.max_batch(math.floor(free / (cfg.kv_cache_bytes_per_token(2) * ch06.FIT["context"])))
+    assert math.floor(_fit()) != math.floor(_fit(memory_unit=1e9))   # the slip is distinguishable
+
+
 # --- 6.3 -------------------------------------------------------------------------------
 
-def _offload(pcie_both_ways=False):
+def _offload(pcie_both_ways=False, batch=True, layers=True, heads="kv", measured=False):
     cfg = ModelConfig.from_preset(ch06.OFFLOAD["preset"])
     spec = hardware.SPECS[ch06.OFFLOAD["gpu"]]
-    nbytes = (2 * cfg.n_layers * cfg.n_kv_heads * cfg.head_dim * BF16_BYTES
-              * ch06.OFFLOAD["context"] * ch06.OFFLOAD["batch"])
+    h = cfg.n_kv_heads if heads == "kv" else cfg.n_heads
+    nbytes = (2 * (cfg.n_layers if layers else 1) * h * cfg.head_dim * BF16_BYTES
+              * ch06.OFFLOAD["context"] * (ch06.OFFLOAD["batch"] if batch else 1))
     pcie = spec.pcie_GBps * (1 if pcie_both_ways else 0.5) * 1e9
+    if measured:    # the shipped pinned measurement instead of the datasheet
+        doc = measure.load_reference(*ch06.OFFLOAD_MEASURED)
+        pcie = max(t["GBps"] for t in doc["transfer"] if t["pinned"]) * 1e9
     hbm_ms = nbytes / (spec.bandwidth_GBps * 1e9) * 1e3
     pcie_ms = nbytes / pcie * 1e3
     return pcie_ms, pcie_ms / hbm_ms
@@ -133,6 +151,13 @@ def test_offload_times(capsys):
         _hint(ch06.offload_times, ms, both_slow, match="both directions"),
         _hint(ch06.offload_times, ms, 1 / slow, match="upside down"),
         _hint(ch06.offload_times, ms, 3 * slow, match="too large"),
+        _hint(ch06.offload_times, _offload(batch=False)[0], ..., match="one sequence"),
+        _hint(ch06.offload_times, _offload(layers=False)[0], ..., match="leaves out the layers"),
+        _hint(ch06.offload_times, _offload(heads="q")[0], ..., match="query heads"),
+        _hint(ch06.offload_times, _offload(measured=True)[0], ..., match="measured pinned"),
+        _hint(ch06.offload_times, ms, _offload(measured=True)[1], match="measured pinned"),
+        _hint(ch06.offload_times, ms, measure.load_reference(*ch06.OFFLOAD_MEASURED)["offload"]
+              ["slowdown"], match="measured ratio"),
     ]
     for hint in hints:
         assert not _gives_away(hint, ms, slow), hint
@@ -190,6 +215,25 @@ def _no_guard(m1, l1, o1, m2, l2, o2):
     return m, a1 * l1 + a2 * l2, a1[:, None] * o1 + a2[:, None] * o2
 
 
+def _m_zero_for_empty(m1, l1, o1, m2, l2, o2):
+    """Guards the exponentials, but returns the shifted maximum: 0, not −inf, for an empty row."""
+    m = torch.maximum(m1, m2)
+    shift = torch.where(torch.isinf(m), 0.0, m).to(m.dtype)
+    a1, a2 = torch.exp(m1 - shift), torch.exp(m2 - shift)
+    return shift, a1 * l1 + a2 * l2, a1[:, None] * o1 + a2[:, None] * o2
+
+
+def _empty_split_weighted_one(m1, l1, o1, m2, l2, o2):
+    """Right where both splits saw keys; an empty split gets weight 1, not 0 (so l is off)."""
+    m, l, o = _right(m1, l1, o1, m2, l2, o2)
+    return m, torch.where(torch.isinf(m2) & ~torch.isinf(m), l + 1, l), o
+
+
+def _only_o_wrong(m1, l1, o1, m2, l2, o2):
+    m, l, o = _right(m1, l1, o1, m2, l2, o2)
+    return m, l, o * 1.5
+
+
 def _in_place(m1, l1, o1, m2, l2, o2):
     out = _right(m1, l1, o1, m2, l2, o2)
     m1.copy_(out[0])
@@ -215,6 +259,9 @@ def test_combine_partials(capsys):
         (_averaged, "averaging"),
         (_normalised, "normalised"),
         (_no_guard, "NaN for a row that saw no key"),
+        (_m_zero_for_empty, "must come out with m = −inf"),
+        (_empty_split_weighted_one, "l differs from the reference where a split saw no key"),
+        (_only_o_wrong, "o differs from the reference"),
         (_in_place, "changed its inputs in place"),
         (lambda *a: None, "returned None"),
         (lambda *a: torch.stack(_right(*a)[:2]), "three tensors"),

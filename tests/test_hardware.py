@@ -137,12 +137,12 @@ def test_sources_markdown():
 def test_spec_from_properties():
     # A GPU outside the table, as torch.cuda.get_device_properties describes it.
     props = SimpleNamespace(name="NVIDIA RTX PRO 6000 Blackwell", major=12, minor=0,
-                            total_memory=97_000_000_000, multi_processor_count=188,
+                            total_memory=96 * 2**30, multi_processor_count=188,
                             L2_cache_size=128 * 2**20, shared_memory_per_multiprocessor=100 * 2**10)
     spec = hardware.spec_from_properties(props)
     assert spec.key == "nvidia_rtx_pro_6000_blackwell"
     assert (spec.sms, spec.compute_capability, spec.l2_MB, spec.smem_per_sm_KB) == (188, "12.0", 128, 100)
-    assert spec.memory_GB == pytest.approx(97.0)
+    assert spec.memory_GB == pytest.approx(96.0)          # GiB, the table's unit for capacity
     assert spec.bf16_TFLOPs is None and spec.bandwidth_GBps is None
     assert spec.sources == (("torch.cuda.get_device_properties", ""),)
     with pytest.raises(ValueError, match="unknown"):

@@ -19,7 +19,7 @@ import textwrap
 
 import torch
 
-from .. import hardware
+from .. import hardware, measure
 from ..model import ModelConfig
 from . import _not_attempted, check_function, check_number
 
@@ -34,6 +34,8 @@ FIT_DTYPE = torch.bfloat16
 # Exercise 6.3: a decode step whose cache lives in host memory, datasheet figures
 OFFLOAD = {"preset": "llama-3-8b", "gpu": "h200", "batch": 16, "context": 4096}
 OFFLOAD_DTYPE = torch.bfloat16
+# The shipped measurement printed under 6.3's solution: a slip is to use it instead of the datasheet
+OFFLOAD_MEASURED = ("kv_cache", "h200")
 
 REL = 0.02
 
@@ -104,14 +106,14 @@ def max_batch(batch) -> bool:
     s = _esize(FIT_DTYPE)
     weights = cfg.num_params() * s
     per_seq = cfg.kv_cache_bytes_per_token(FIT_DTYPE) * FIT["context"]
-    memory = spec.memory_GB * 1e9
+    memory = spec.memory_GB * 2**30       # NVIDIA's memory "GB" are binary: GiB (chapter 1)
     exact = _fit_batch(memory, weights, per_seq)
     want = math.floor(exact)
     slips = [
         (math.ceil(exact), "that rounds up: the last sequence's cache would not fit — round down"),
-        (math.floor(_fit_batch(spec.memory_GB * 2**30, weights, per_seq)),
-         "that reads the memory as GiB; the spec table gives it in GB (1e9 bytes), as NVIDIA "
-         "markets it"),
+        (math.floor(_fit_batch(spec.memory_GB * 1e9, weights, per_seq)),
+         "that reads the memory as 1e9-byte GB; NVIDIA's memory \"GB\" are binary, GiB "
+         "(2**30 bytes each, chapter 1)"),
         (math.floor(memory / per_seq), "that leaves no room for the weights: they stay in memory "
                                        "beside the cache"),
         (math.floor(_fit_batch(memory, weights, per_seq / 2)),
@@ -120,11 +122,16 @@ def max_batch(batch) -> bool:
          "that counts the query heads; the cache holds only the H_kv key/value heads"),
         (math.floor(_fit_batch(memory, weights / 2, per_seq)),
          "the weights take 2 bytes per parameter in bf16"),
+        (math.floor(_fit_batch(memory, weights, per_seq / cfg.n_layers)),
+         "that leaves out the layers: every layer keeps its own keys and values"),
+        (math.floor(_fit_batch(memory, weights, per_seq / FIT["context"])),
+         "that counts tokens; the question asks for whole sequences, each of "
+         f"{FIT['context']} tokens"),
     ]
     if batch == want:
-        print(f"✅ {name}: correct. " + _wrap(name, f"{memory / 1e9:g} GB − {weights / 1e9:.1f} GB "
-                                                  f"of weights leaves room for {exact:.1f} caches "
-                                                  f"of {per_seq / 1e9:.2f} GB."))
+        print(f"✅ {name}: correct. " + _wrap(name, f"{spec.memory_GB:g} GiB = {memory / 1e9:.1f} GB "
+                                                  f"− {weights / 1e9:.1f} GB of weights leaves room "
+                                                  f"for {exact:.1f} caches of {per_seq / 1e9:.2f} GB."))
         return True
     for value, hint in slips:
         if value != want and batch == value:
@@ -146,6 +153,10 @@ def offload_times(pcie_ms, slowdown) -> None:
     pcie_one_way = spec.pcie_GBps / 2 * 1e9
     hbm = spec.bandwidth_GBps * 1e9
     want_ms = nbytes / pcie_one_way * 1e3
+    doc = measure.load_reference(*OFFLOAD_MEASURED)
+    pinned = max(t["GBps"] for t in doc["transfer"] if t["pinned"]) * 1e9   # measured, not datasheet
+    measured_hint = ("that uses the measured pinned bandwidth; the question asks for the least time "
+                     "from the datasheet (the spec table's PCIe figure, one direction)")
     name = "Exercise 6.3 (time across PCIe)"
     if pcie_ms is ... or pcie_ms is None:
         _not_attempted(name, "replace its `...`")
@@ -160,6 +171,13 @@ def offload_times(pcie_ms, slowdown) -> None:
             (want_ms * 8, "off by a factor of 8 — bits or bytes?"),
             (want_ms * 2**30 / 1e9, "the cache's bytes and the link's GB/s must use the same "
                                     "unit: GB/s is 1e9 bytes per second"),
+            (want_ms / OFFLOAD["batch"], "that is one sequence's cache; the step reads the cache "
+                                         "of every sequence of the batch"),
+            (want_ms / cfg.n_layers, "that leaves out the layers: every layer keeps its own keys "
+                                     "and values"),
+            (want_ms * cfg.n_heads / cfg.n_kv_heads,
+             "that counts the query heads; the cache holds only the H_kv key/value heads"),
+            (nbytes / pinned * 1e3, measured_hint),
         ])
     name = "Exercise 6.3 (slowdown)"
     want = hbm / pcie_one_way
@@ -172,6 +190,10 @@ def offload_times(pcie_ms, slowdown) -> None:
         (1 / want, "upside down: the slowdown is the PCIe time over the HBM time, larger than 1"),
         (1 / (want / 2), "upside down, and the PCIe figure counts both directions: the slowdown "
                          "is the PCIe time over the HBM time"),
+        (hbm / pinned, measured_hint),
+        (doc["device_copy_GBps"] * 1e9 / pinned,
+         "that is the measured ratio (device copy over pinned PCIe); the question asks for the "
+         "datasheet figures of the spec table"),
     ], explain=_wrap(name, "It is just the ratio of the two bandwidths: the bytes cancel."))
 
 
@@ -264,9 +286,10 @@ def combine_partials(fn) -> bool:
             raise AssertionError(f"{name}: o comes out normalised (divided by l); keep it "
                                  "un-normalised, as the partials are: the division comes once, "
                                  "after the last combine")
-        wrong = " and ".join(w for w, a, b in zip("mlo", got, want) if not close([a], [b]))
-        raise AssertionError(f"{name}: {wrong} differ from the reference: recheck the common "
-                             "maximum and the factor that rescales each partial")
+        wrong = [w for w, a, b in zip("mlo", got, want) if not close([a], [b])]
+        verb = "differs" if len(wrong) == 1 else "differ"
+        raise AssertionError(f"{name}: {' and '.join(wrong)} {verb} from the reference: recheck "
+                             "the common maximum and the factor that rescales each partial")
     empty = _combine_case(4, 5, 3, 4, seed=1, empty=True)
     got_empty = fn(*[t.clone() for t in empty])
     if isinstance(got_empty, (tuple, list)) and any(
@@ -274,6 +297,21 @@ def combine_partials(fn) -> bool:
         raise AssertionError(f"{name}: NaN for a row that saw no key in either split (m = −inf "
                              "in both): −inf − (−inf) is NaN. Shift such a row by 0 inside the "
                              "exponentials; it keeps m = −inf, l = 0, o = 0")
+    want_empty = _combine_ref(*empty)
+    if (isinstance(got_empty, (tuple, list)) and len(got_empty) == 3
+            and all(isinstance(t, torch.Tensor) for t in got_empty)
+            and got_empty[0].shape == want_empty[0].shape):
+        none = want_empty[0] == float("-inf")            # rows that saw no key in either split
+        if not torch.equal(got_empty[0][none].double(), want_empty[0][none].double()):
+            raise AssertionError(f"{name}: a row that saw no key in either split must come out "
+                                 "with m = −inf (and l = 0, o = 0): the shift by 0 belongs inside "
+                                 "the exponentials only, not in the m you return")
+        if not close(got_empty, want_empty):
+            wrong = [w for w, a, b in zip("mlo", got_empty, want_empty) if not close([a], [b])]
+            verb = "differs" if len(wrong) == 1 else "differ"
+            raise AssertionError(f"{name}: {' and '.join(wrong)} {verb} from the reference where a "
+                                 "split saw no key of a row (m = −inf, l = 0, o = 0 there): its "
+                                 "factor must come out 0, and nothing may become NaN")
     cases = [_combine_case(R, N1, N2, D, seed, empty=R > 3)
              for R, N1, N2, D, seed in ((3, 4, 9, 8, 2), (17, 33, 5, 16, 3), (64, 20, 20, 32, 4))]
 
