@@ -1,7 +1,9 @@
 """Shared test helpers. ``infer_lib`` is imported first so that, without a GPU,
 Triton's interpreter is switched on before anything imports triton."""
 
+import math
 import os
+import re
 
 import infer_lib  # noqa: F401  (must precede any triton import)
 import pytest
@@ -91,3 +93,23 @@ def tensors_on_the_gpu_if_any():
     torch.set_default_device(device.DEVICE)
     yield
     torch.set_default_device(None)
+
+
+# -- exercise checks: what a wrong answer is told ---------------------------------------------
+
+def hint_of(check, *args) -> str:
+    """The message ``check(*args)`` raises for a wrong answer (it must fail)."""
+    with pytest.raises(AssertionError) as err:
+        check(*args)
+    return str(err.value)
+
+
+def numbers_in(text: str) -> list[float]:
+    return [float(x.replace(",", "")) for x in re.findall(r"\d[\d,]*\.?\d*", text)]
+
+
+def assert_not_given(hint: str, *values) -> None:
+    """No number in ``hint`` is within 3% of any of ``values`` (the answer, or what decides it)."""
+    for x in numbers_in(hint):
+        for v in values:
+            assert not math.isclose(x, v, rel_tol=0.03), (x, v, hint)

@@ -9,6 +9,7 @@ import re
 
 import pytest
 
+from conftest import assert_not_given as _assert_not_given, hint_of as _hint
 from infer_lib import hardware, measure
 from infer_lib.exercises import NOT_ATTEMPTED, ch03
 
@@ -55,24 +56,6 @@ def _measured_copy_GBps():
 
 
 # --- 3.1 -------------------------------------------------------------------------------
-
-def _hint(check, *args):
-    """The message a wrong answer raises; it must never contain the right answer."""
-    with pytest.raises(AssertionError) as err:
-        check(*args)
-    return str(err.value)
-
-
-def _numbers(text):
-    return [float(x.replace(",", "")) for x in re.findall(r"\d[\d,]*\.?\d*", text)]
-
-
-def _assert_not_given(hint, *values):
-    """No number in ``hint`` is within 3% of any of ``values`` (the answer, or what decides it)."""
-    for x in _numbers(hint):
-        for v in values:
-            assert not math.isclose(x, v, rel_tol=0.03), (x, v, hint)
-
 
 def test_critical_batch_int8(capsys):
     right = _b_star(1)

@@ -11,6 +11,7 @@ import re
 import pytest
 import torch
 
+from conftest import assert_not_given as _assert_not_given, hint_of as _hint
 from infer_lib import hardware, measure
 from infer_lib.exercises import NOT_ATTEMPTED, ch05
 from infer_lib.model import ModelConfig
@@ -23,23 +24,6 @@ BW = H200.bandwidth_GBps * 1e9
 def _assert_not_attempted(capsys, match=""):
     lines = [line for line in capsys.readouterr().out.splitlines() if NOT_ATTEMPTED in line]
     assert lines and any(re.search(match, line) for line in lines), lines
-
-
-def _hint(check, *args):
-    """The message a wrong answer raises; it must never contain the right answer."""
-    with pytest.raises(AssertionError) as err:
-        check(*args)
-    return str(err.value)
-
-
-def _numbers(text):
-    return [float(x.replace(",", "")) for x in re.findall(r"\d[\d,]*\.?\d*", text)]
-
-
-def _assert_not_given(hint, *values):
-    for x in _numbers(hint):
-        for v in values:
-            assert not math.isclose(x, v, rel_tol=0.03), (x, v, hint)
 
 
 def _kv_per_token(config, s=2, heads=None):

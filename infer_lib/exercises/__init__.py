@@ -79,6 +79,29 @@ def _success(name: str, message: str) -> bool:
     return True
 
 
+def numbers_from(fn: Callable, cases: Sequence[tuple], *, name: str,
+                 what: str = "a number") -> list[float] | None:
+    """The reader's ``fn`` called on every case, each result a float; ``None`` (after the "not
+    attempted yet" line) while ``fn`` still raises NotImplementedError. Raises with a message
+    the reader can act on when a result is missing (no ``return``) or not a number."""
+    __tracebackhide__ = True
+    got = []
+    for args in cases:
+        try:
+            value = fn(*args)
+        except NotImplementedError:
+            _not_attempted(name, "write the function (its body still raises NotImplementedError)")
+            return None
+        if value is None:
+            raise AssertionError(f"{name}: the function returned None: does it end with `return`?")
+        if isinstance(value, torch.Tensor):
+            value = value.item()
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"{name}: expected {what}, got {type(value).__name__} {value!r}")
+        got.append(float(value))
+    return got
+
+
 def check_part(check, answer, *args, name: str, **kw) -> bool:
     """One part of a check of several: ``check`` (``check_number``, ``check_choice``) on
     ``answer``, except that an unanswered part prints a "not attempted yet" line that names

@@ -19,7 +19,7 @@ import random
 import torch
 
 from .. import hardware, measure, roofline
-from . import _not_attempted, check_choice, check_function, check_number
+from . import _not_attempted, check_choice, check_function, check_number, numbers_from
 
 BF16 = torch.bfloat16
 REL = 0.02                 # relative tolerance of every numeric answer
@@ -231,19 +231,9 @@ def tiled_read_bytes(fn) -> bool:
     if fn is ... or fn is None:
         return _not_attempted(name, "write the function (its body still raises NotImplementedError)")
     cases = _traffic_cases()
-    got = []
-    for args in cases:
-        try:
-            value = fn(*args)
-        except NotImplementedError:
-            return _not_attempted(name, "write the function (its body still raises NotImplementedError)")
-        if value is None:
-            raise AssertionError(f"{name}: the function returned None: does it end with `return`?")
-        if isinstance(value, torch.Tensor):
-            value = value.item()
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise TypeError(f"{name}: expected a number of bytes, got {type(value).__name__} {value!r}")
-        got.append(float(value))
+    got = numbers_from(fn, cases, name=name, what="a number of bytes")
+    if got is None:
+        return False
     close = [math.isclose(g, _tiled_read_bytes_ref(*a), rel_tol=1e-9) for g, a in zip(got, cases)]
     if not all(close):
         slips = [_traffic_slips(*a) for a in cases]

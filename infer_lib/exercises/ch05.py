@@ -21,7 +21,7 @@ import torch
 from .. import hardware, measure, roofline
 from ..experiments import decode, prefill_decode
 from ..model import ModelConfig
-from . import _not_attempted, check_choice, check_function, check_number, check_part
+from . import _not_attempted, check_choice, check_function, check_number, check_part, numbers_from
 
 BF16 = torch.bfloat16
 REL = 0.02                 # relative tolerance of every numeric answer
@@ -292,19 +292,9 @@ def decode_step_bytes(fn) -> bool:
     if fn is ... or fn is None:
         return _not_attempted(name, stub)
     cases = _step_cases()
-    got = []
-    for args in cases:
-        try:
-            value = fn(*args)
-        except NotImplementedError:
-            return _not_attempted(name, stub)
-        if value is None:
-            raise AssertionError(f"{name}: the function returned None: does it end with `return`?")
-        if isinstance(value, torch.Tensor):
-            value = value.item()
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise TypeError(f"{name}: expected a number of bytes, got {type(value).__name__} {value!r}")
-        got.append(float(value))
+    got = numbers_from(fn, cases, name=name, what="a number of bytes")
+    if got is None:
+        return False
     close = [math.isclose(g, _step_bytes_ref(*a), rel_tol=1e-9) for g, a in zip(got, cases)]
     if not all(close):
         slips = [_step_slips(*a) for a in cases]
