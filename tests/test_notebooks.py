@@ -122,6 +122,34 @@ def test_solutions_fold_input_and_output_and_are_colab_forms(path):
     assert "must be a collapsed Colab form" in _broken(path, no_title)
 
 
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.name)
+def test_code_lines_fit_the_page(path):
+    """The website shows code without wrapping; Colab and a projector show about 100 columns."""
+    nb = nbformat.read(path, as_version=4)
+    for c in nb.cells:
+        if c.cell_type == "code":
+            for line in c.source.split("\n"):
+                assert len(line) <= notebooks.MAX_CODE_LINE, line
+    long_line = "total = " + " + ".join(f"x{i}" for i in range(40))
+    assert len(long_line) > notebooks.MAX_CODE_LINE
+    where = {}
+
+    def too_long(nb):
+        c = next(c for c in nb.cells if c.cell_type == "code" and "setup" not in _tags(c))
+        c.source += "\n" + long_line
+        where.update(start=c.source[:40], line=c.source.count("\n") + 1)
+
+    found = _broken(path, too_long)
+    assert (f"{path.name}: code cell {where['start']!r}, line {where['line']}: {len(long_line)} columns, "
+            f"more than {notebooks.MAX_CODE_LINE}") in found
+
+
+def test_generated_cells_fit_the_page():
+    """What `sync` writes obeys the line limit too: the setup cell and a solution cell's form title."""
+    for line in notebooks.setup_source().split("\n") + [notebooks.SOLUTION_TITLE]:
+        assert len(line) <= notebooks.MAX_CODE_LINE, line
+
+
 def test_sync_writes_solution_forms_once():
     src = "x = 1\nch01.check(x)"
     once = notebooks.solution_source(src)

@@ -9,8 +9,9 @@
                 of relative links between pages (dead in a notebook opened alone in
                 Colab); and clears outputs (chapters are committed without them).
 * ``check``   — reports chapters that drifted from that, or break the
-                exercise convention (CONTRIBUTING.md, "Exercises"); exits non-zero
-                if any did (tests call it).
+                exercise convention (CONTRIBUTING.md, "Exercises"), or have a code
+                line longer than ``MAX_CODE_LINE`` columns; exits non-zero if any
+                did (tests call it).
 * ``student`` — writes the student edition to ``student/``: every cell tagged
                 ``solution`` removed (nbconvert's TagRemovePreprocessor).
 """
@@ -32,6 +33,9 @@ ROOT = Path(__file__).resolve().parent.parent
 CHAPTERS = ROOT / "chapters"
 BADGE_SVG = "https://colab.research.google.com/assets/colab-badge.svg"
 MIN_EXERCISES = 3
+#: The longest line of a code cell, in characters: the website shows code without wrapping, and
+#: Colab or a projector in a workshop room show about this many columns.
+MAX_CODE_LINE = 100
 
 #: Chapters (file names) that must have a coding exercise: a cell tagged ``exercise`` and ``coding``
 #: whose stub function raises ``NotImplementedError`` and whose check uses ``check_function``.
@@ -94,8 +98,8 @@ def setup_source(cfg: dict | None = None) -> str:
 import subprocess, sys, textwrap
 
 if "google.colab" in sys.modules:
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q",
-                    "infer-lib @ git+https://github.com/{slug}@{branch}"], check=True)
+    package = "infer-lib @ git+https://github.com/{slug}@{branch}"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", package], check=True)
 
 import infer_lib
 from infer_lib import device
@@ -251,6 +255,7 @@ def problems(path: Path, cfg: dict | None = None, nb=None) -> list[str]:
         out.append(f"{name}: the notebook metadata does not ask Colab for a GPU "
                    f"({COLAB_METADATA}; run `make sync`)")
     out += _link_problems(nb, path, cfg)
+    out += _long_line_problems(nb, name)
     exercises = [c for c in nb.cells if "exercise" in _tags(c)]
     solutions = [c for c in nb.cells if "solution" in _tags(c)]
     if len(exercises) < MIN_EXERCISES:
@@ -281,6 +286,19 @@ def problems(path: Path, cfg: dict | None = None, nb=None) -> list[str]:
         if "solution" in _tags(c) and (i == 0 or "exercise" not in _tags(nb.cells[i - 1])):
             out.append(f"{name}: solution cell {c.source[:40]!r} must come right after its exercise cell")
     out += _coding_problems(nb, name)
+    return out
+
+
+def _long_line_problems(nb, name: str) -> list[str]:
+    """Each code-cell line longer than ``MAX_CODE_LINE`` columns (the website does not wrap code)."""
+    out = []
+    for c in nb.cells:
+        if c.cell_type != "code":
+            continue
+        for n, line in enumerate(c.source.split("\n"), 1):
+            if len(line) > MAX_CODE_LINE:
+                out.append(f"{name}: code cell {c.source[:40]!r}, line {n}: {len(line)} columns, "
+                           f"more than {MAX_CODE_LINE} (rewrap it): {line.strip()[:60]!r}")
     return out
 
 
