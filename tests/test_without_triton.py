@@ -124,13 +124,37 @@ SECTIONS = {
             lens = torch.tensor([17, 5])
             torch.testing.assert_close(kernels.decode_attention(q[:, :, 0], k, v, lens),
                                        kernels.decode_attention_ref(q[:, :, 0], k, v, lens))
-            for name in ("vector_add", "softmax", "matmul", "flash_attention", "decode_attention"):
+            xn, res, wn = 3 * torch.randn(4, 77), torch.randn(4, 77), 1 + torch.rand(77)
+            xn[1, 5], xn[2, 7], res[3, 0] = float("nan"), float("inf"), float("-inf")
+            got = kernels.rms_norm(xn, wn, 1e-5)
+            torch.testing.assert_close(got, F.rms_norm(xn, (77,), wn, 1e-5), equal_nan=True)
+            assert torch.equal(got.isnan(), F.rms_norm(xn, (77,), wn, 1e-5).isnan())
+            h, got = kernels.add_rms_norm(xn, res, wn)
+            assert torch.equal(h.isnan(), (xn + res).isnan())
+            torch.testing.assert_close(h, xn + res, equal_nan=True, atol=0, rtol=0)
+            torch.testing.assert_close(got, F.rms_norm(xn + res, (77,), wn, 1e-6), equal_nan=True)
+            h16, _ = kernels.add_rms_norm(xn.half(), res.half(), wn.half())
+            assert h16.dtype == torch.float16 and torch.equal(h16.isnan(), (xn.half() + res.half()).isnan())
+            try:
+                kernels.rms_norm(xn, wn, 0.0)
+            except ValueError as err:
+                assert "eps must be a finite positive number" in str(err)
+            else:
+                raise AssertionError("rms_norm(eps=0) without Triton did not refuse")
+            g, u = 3 * torch.randn(2, 5, 33), torch.randn(2, 5, 33)
+            g[0, 0, :3] = torch.tensor([float("inf"), float("-inf"), float("nan")])
+            got = kernels.swiglu(g, u)
+            torch.testing.assert_close(got, F.silu(g) * u, equal_nan=True)
+            assert torch.equal(got.isnan(), (F.silu(g) * u).isnan())
+            for name in ("vector_add", "softmax", "matmul", "flash_attention", "decode_attention",
+                         "rms_norm", "add_rms_norm", "swiglu"):
                 ref = getattr(kernels, name + "_ref")
                 assert ref.__module__ == f"infer_lib.kernels.{name}_kernel", (name, ref.__module__)
             assert kernels.matmul_splitk_ref is kernels.matmul_ref
 
         notes = [str(w.message) for w in caught if issubclass(w.category, TritonNotInstalledWarning)]
-        launchers = ("vector_add", "softmax", "matmul", "matmul_splitk", "flash_attention", "decode_attention")
+        launchers = ("vector_add", "softmax", "matmul", "matmul_splitk", "flash_attention", "decode_attention",
+                     "rms_norm", "add_rms_norm", "swiglu")
         for name in launchers:   # once each, however often it ran
             assert sum(f"infer_lib.kernels.{name} runs its PyTorch reference" in n for n in notes) == 1, notes
         assert len(notes) == len(launchers), notes
@@ -284,7 +308,8 @@ def test_only_kernel_files_import_triton_at_module_level():
 # The fallback is the references
 # ----------------------------------------------------------------------------
 
-KERNEL_OPS = ("vector_add", "softmax", "matmul", "matmul_splitk", "flash_attention", "decode_attention")
+KERNEL_OPS = ("vector_add", "softmax", "matmul", "matmul_splitk", "flash_attention", "decode_attention",
+              "rms_norm", "add_rms_norm", "swiglu")
 
 
 @pytest.mark.parametrize("op", KERNEL_OPS)
@@ -311,14 +336,19 @@ def test_fallback_computes_what_the_launchers_compute():
     s[2, 3] = float("nan")
     a, b = torch.randn(17, 40, device=dev), torch.randn(40, 24, device=dev)
     q, k, v = (torch.randn(1, 2, 20, 16, device=dev) for _ in range(3))
+    w = 1 + torch.rand(33, device=dev)
     cases = {"vector_add": (x, y), "softmax": (s,), "matmul": (a, b), "matmul_splitk": (a[:4], b),
              "flash_attention": (q, k, v, True),
-             "decode_attention": (q[:, :, 0], k, v, torch.tensor([20], device=dev))}
+             "decode_attention": (q[:, :, 0], k, v, torch.tensor([20], device=dev)),
+             "rms_norm": (s, w, 1e-5), "add_rms_norm": (s, 3 * torch.randn_like(s), w),
+             "swiglu": (s, torch.randn_like(s))}
     for op, args in cases.items():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", _fallback.TritonNotInstalledWarning)
             expected = getattr(_fallback, op)(*args)
-        torch.testing.assert_close(getattr(kernels, op)(*args), expected, atol=1e-3, rtol=1e-3, equal_nan=True)
+        got = getattr(kernels, op)(*args)
+        for g, e in zip(got, expected) if isinstance(got, tuple) else [(got, expected)]:
+            torch.testing.assert_close(g, e, atol=1e-3, rtol=1e-3, equal_nan=True)
 
 
 # ----------------------------------------------------------------------------

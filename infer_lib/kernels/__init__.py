@@ -25,16 +25,20 @@ from ._fallback import TritonNotInstalledWarning
 TRITON: bool = _device.HAS_TRITON
 
 if TRITON:
+    from .add_rms_norm_kernel import add_rms_norm, add_rms_norm_ref
     from .decode_attention_kernel import decode_attention, decode_attention_ref
     from .flash_attention_kernel import flash_attention, flash_attention_ref
     from .matmul_kernel import matmul, matmul_ref
     from .matmul_splitk_kernel import matmul_splitk, matmul_splitk_ref
+    from .rms_norm_kernel import rms_norm, rms_norm_ref
     from .softmax_kernel import softmax, softmax_ref
+    from .swiglu_kernel import swiglu, swiglu_ref
     from .vector_add_kernel import vector_add, vector_add_ref
 else:
-    from ._fallback import (decode_attention, decode_attention_ref, flash_attention,  # noqa: F401
-                            flash_attention_ref, matmul, matmul_ref, matmul_splitk, matmul_splitk_ref,
-                            softmax, softmax_ref, vector_add, vector_add_ref)
+    from ._fallback import (add_rms_norm, add_rms_norm_ref, decode_attention,  # noqa: F401
+                            decode_attention_ref, flash_attention, flash_attention_ref, matmul,
+                            matmul_ref, matmul_splitk, matmul_splitk_ref, rms_norm, rms_norm_ref,
+                            softmax, softmax_ref, swiglu, swiglu_ref, vector_add, vector_add_ref)
 
 
 def need_triton(what: str) -> bool:
@@ -53,7 +57,7 @@ def need_triton(what: str) -> bool:
     return TRITON
 
 
-__all__ = ["TRITON", "TritonNotInstalledWarning", "decode_attention", "decode_attention_ref",
-           "flash_attention", "flash_attention_ref", "matmul",
-           "matmul_ref", "matmul_splitk", "matmul_splitk_ref", "need_triton", "softmax", "softmax_ref",
-           "vector_add", "vector_add_ref"]
+__all__ = ["TRITON", "TritonNotInstalledWarning", "add_rms_norm", "add_rms_norm_ref", "decode_attention",
+           "decode_attention_ref", "flash_attention", "flash_attention_ref", "matmul",
+           "matmul_ref", "matmul_splitk", "matmul_splitk_ref", "need_triton", "rms_norm", "rms_norm_ref",
+           "softmax", "softmax_ref", "swiglu", "swiglu_ref", "vector_add", "vector_add_ref"]

@@ -90,6 +90,32 @@ def check_sm_scale(op: str, sm_scale) -> None:
                          f"got {sm_scale!r}")
 
 
+def check_eps(op: str, eps) -> None:
+    """A normalisation's ``eps``: a finite positive real number (it keeps ``1/√(mean(x²) + eps)``
+    finite for a row of zeros); a tensor is refused with a hint."""
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
+        hint = " (a tensor: pass eps.item())" if isinstance(eps, torch.Tensor) else ""
+        raise TypeError(f"{op}: eps must be a number, got {type(eps).__name__} {eps!r}{hint}")
+    try:
+        finite_positive = math.isfinite(eps) and eps > 0
+    except OverflowError:   # an int beyond the float range
+        finite_positive = False
+    if not finite_positive:
+        raise ValueError(f"{op}: eps must be a finite positive number (1e-6 or 1e-5 in most models), "
+                         f"got {eps!r}")
+
+
+def check_norm_weight(op: str, weight, x: torch.Tensor) -> None:
+    """A normalisation's ``weight``: 1-D, one entry per column of ``x`` (its last dim), of x's
+    dtype and on x's device."""
+    check_tensor(op, "weight", weight, ndim=1)
+    check_same(op, x=x, weight=weight)
+    if weight.shape[0] != x.shape[-1]:
+        raise ValueError(f"{op}: weight has {weight.shape[0]} entries but the last dimension of x has "
+                         f"{x.shape[-1]} (x has shape {tuple(x.shape)}); the weight scales each column "
+                         "of the normalised row, one entry per column")
+
+
 def check_heads(op: str, q, kv, kv_names: str = "k and v", head_dims=(16, 32, 64, 128)) -> None:
     """Attention's head counts and head size: ``q``'s ``H`` (dim 1) and ``kv``'s ``H_kv`` (dim 1)
     at least 1, ``H`` a multiple of ``H_kv`` (GQA), ``D`` (the last dim, equal on both) in

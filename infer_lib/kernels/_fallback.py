@@ -21,7 +21,7 @@ import torch
 
 from .. import source
 from ..reference import attention_ref
-from ._checks import check_seqlen_values
+from ._checks import check_eps, check_seqlen_values
 
 
 class TritonNotInstalledWarning(UserWarning):
@@ -54,7 +54,8 @@ def _references() -> dict:
     """``<op>_ref`` of each kernel file, compiled from that file's own statement (the file
     name and line numbers kept, so tracebacks and ``inspect.getsource`` point there)."""
     namespace = {"torch": torch, "attention_ref": attention_ref}
-    for op in ("vector_add", "softmax", "matmul", "matmul_splitk", "flash_attention", "decode_attention"):
+    for op in ("vector_add", "softmax", "matmul", "matmul_splitk", "flash_attention", "decode_attention",
+               "rms_norm", "add_rms_norm", "swiglu"):
         path = resources.files("infer_lib") / "kernels" / f"{op}_kernel.py"
         tree = ast.parse(path.read_text(encoding="utf-8"))
         node = next(n for n in tree.body if f"{op}_ref" in source._defined(n))
@@ -70,6 +71,9 @@ matmul_ref = _refs["matmul_ref"]
 matmul_splitk_ref = _refs["matmul_splitk_ref"]
 flash_attention_ref = _refs["flash_attention_ref"]
 decode_attention_ref = _refs["decode_attention_ref"]
+rms_norm_ref = _refs["rms_norm_ref"]
+add_rms_norm_ref = _refs["add_rms_norm_ref"]
+swiglu_ref = _refs["swiglu_ref"]
 
 
 # ----------------------------------------------------------------------------
@@ -115,3 +119,24 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     check_seqlen_values("decode_attention", cache_seqlens, k_cache.shape[2])
     _note("decode_attention", "decode_attention_ref")
     return decode_attention_ref(q, k_cache, v_cache, cache_seqlens, sm_scale=sm_scale)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Without Triton: ``rms_norm_ref(x, weight, eps)``."""
+    check_eps("rms_norm", eps)
+    _note("rms_norm", "rms_norm_ref")
+    return rms_norm_ref(x, weight, eps)
+
+
+def add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
+                 eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
+    """Without Triton: ``add_rms_norm_ref(x, residual, weight, eps)``."""
+    check_eps("add_rms_norm", eps)
+    _note("add_rms_norm", "add_rms_norm_ref")
+    return add_rms_norm_ref(x, residual, weight, eps)
+
+
+def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """Without Triton: ``swiglu_ref(gate, up)``."""
+    _note("swiglu", "swiglu_ref")
+    return swiglu_ref(gate, up)

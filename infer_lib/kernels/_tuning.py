@@ -489,3 +489,67 @@ SPLITK_MATMUL = KernelConfigs(
 
 SPLITK_BLOCKS = {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16}
 SPLITK_COUNTS = ("SPLIT_K",)
+
+
+# ----------------------------------------------------------------------------
+# rms_norm and add_rms_norm (row normalisations), swiglu (elementwise)
+# ----------------------------------------------------------------------------
+# Not yet measured on a GPU: the rule below is softmax's (measured for softmax on the H200,
+# tools/TUNING_NOTES.md), carried over untimed. These kernels are not tuned: like softmax's,
+# they are memory-bound with one sensible tiling per row width, and the bench run that
+# adds them will say whether the guess holds.
+
+#: Registers, not shared memory, bound a row kernel that keeps its rows whole: the one-pass
+#: kernels run ``num_stages=1`` and not persistent, so their only shared memory is the
+#: reductions' scratch (one fp32 per warp and row, ≤ 4 KB). At most this many fp32 values of
+#: a tile per thread: ``add_rms_norm`` holds two such tiles for a moment (``x`` and
+#: ``residual`` before their sum), so ≤ 64 live values — half of what softmax keeps at 32768
+#: entries without spilling (ptxas, sm_90) and well inside the 255 registers a thread may
+#: have on every GPU of the course, so no card needs its own list.
+NORM_MAX_VALUES_PER_THREAD = 32
+
+#: Widest row (in entries) the one-pass kernels hold whole in registers: 16 warps of 32
+#: threads, ``NORM_MAX_VALUES_PER_THREAD`` values each. Every model width up to 16384
+#: (Llama 3 405B) fits; wider rows take the looped kernels (two passes over the row).
+NORM_MAX_FUSED_BLOCK = 16 * 32 * NORM_MAX_VALUES_PER_THREAD
+
+#: The looped kernels' step over a row wider than ``NORM_MAX_FUSED_BLOCK``: 8 fp32 values a
+#: thread. Not yet measured on a GPU.
+NORM_LOOP = triton.Config({"BLOCK": 4096}, num_warps=16)
+
+
+def norm_config(n_cols: int, element_size: int) -> triton.Config:
+    """``BLOCK``, ``ROWS`` and ``num_warps`` of the one-pass row kernels (``rms_norm``,
+    ``add_rms_norm``) for rows of ``n_cols`` ≤ ``NORM_MAX_FUSED_BLOCK`` entries.
+
+    On a GPU (untimed guess, see above): ``BLOCK`` is the row rounded up to a power of two;
+    narrow rows are packed several to a tile of about 4 KB of input, so that each program has
+    loads in flight; the warps grow with the tile so that no thread holds more than
+    ``NORM_MAX_VALUES_PER_THREAD`` fp32 values.
+
+    In the interpreter (nothing is timed there): four rows a tile up to 1024 entries, so the
+    tests' short row counts leave padding rows in the last tile, and one row a tile above.
+    """
+    if n_cols > NORM_MAX_FUSED_BLOCK:
+        raise ValueError(f"norm_config: rows of {n_cols} entries are wider than NORM_MAX_FUSED_BLOCK="
+                         f"{NORM_MAX_FUSED_BLOCK}; they take the looped kernel (NORM_LOOP)")
+    block = max(16, bucket(n_cols))
+    if device.INTERPRET:
+        return triton.Config({"BLOCK": block, "ROWS": 4 if block <= 1024 else 1}, num_warps=1, num_stages=1)
+    rows = max(1, min(64, 4096 // (block * element_size)))
+    elems = rows * block
+    num_warps = 4 if elems <= 2048 else 8 if elems <= 8192 else 16
+    return triton.Config({"BLOCK": block, "ROWS": rows}, num_warps=num_warps, num_stages=1)
+
+
+#: swiglu: 4096 elements per program, as ``VECTOR_ADD`` (two reads, one write: the same
+#: stream shape). Not yet measured on a GPU.
+SWIGLU = triton.Config({"BLOCK": 4096}, num_warps=4)
+#: The interpreter's: 256 elements per program, so the tests' tiny inputs span several
+#: programs and a masked tail.
+SWIGLU_INTERPRETER = triton.Config({"BLOCK": 256}, num_warps=1)
+
+
+def swiglu_config() -> triton.Config:
+    """``SWIGLU`` on a GPU, ``SWIGLU_INTERPRETER`` in the interpreter."""
+    return SWIGLU_INTERPRETER if device.INTERPRET else SWIGLU
