@@ -11,6 +11,13 @@ infer_lib`` imports this module first, so readers never set anything by hand.
 Whether Triton is installed is asked without importing it
 (``importlib.util.find_spec``).
 
+The same holds for Numba's CUDA target (``numba-cuda``, the CUDA kernels written
+in Python of ``infer_lib.cuda_kernels``): without a GPU this module sets
+``NUMBA_ENABLE_CUDASIM=1``, which ``numba.cuda`` reads once, when it is first
+imported, and then runs every kernel in Numba's CUDA simulator (one Python
+thread per CUDA thread) instead of compiling it to PTX. A value the user set is
+never overridden, and nothing here imports numba.
+
 Also here: the working dtype for the machine, the problem-size profile the
 notebooks use, and a one-line description of the machine.
 """
@@ -66,6 +73,40 @@ if HAS_TRITON and not HAS_GPU:
 #: True when Triton kernels run in the interpreter (Triton present, no GPU), False when
 #: they are compiled — or when there is no Triton to run them (``HAS_TRITON`` False).
 INTERPRET: bool = HAS_TRITON and os.environ.get("TRITON_INTERPRET") == "1"
+
+#: the variable ``numba.cuda`` reads when it is first imported: non-zero runs its CUDA
+#: simulator instead of compiling kernels for a GPU
+CUDASIM_VAR = "NUMBA_ENABLE_CUDASIM"
+
+
+def _env_flag(name: str) -> bool:
+    """A variable read the way Numba reads its flags: an integer, non-zero meaning on
+    (unset, empty or not an integer: off)."""
+    try:
+        return int(os.environ.get(name, "") or 0) != 0
+    except ValueError:
+        return False
+
+
+if not HAS_GPU and CUDASIM_VAR not in os.environ:
+    # Set even where numba-cuda is not installed (yet): a notebook may pip-install it after
+    # importing infer_lib, and the variable must already be there when numba.cuda is imported.
+    if "numba.cuda" in sys.modules:
+        import warnings
+
+        warnings.warn(
+            "numba.cuda was imported before infer_lib on a machine without a CUDA GPU, so it "
+            f"looked for a GPU instead of its simulator; infer_lib sets {CUDASIM_VAR}=1 now, "
+            "but that only takes effect in a fresh process: restart it and import infer_lib first.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    os.environ[CUDASIM_VAR] = "1"
+
+#: True when numba-cuda kernels (``infer_lib.cuda_kernels``) run in Numba's CUDA simulator:
+#: no GPU here, or the user set ``NUMBA_ENABLE_CUDASIM`` to a non-zero value themselves.
+#: (What ``numba.cuda`` actually does is fixed at its first import: see ``cuda_kernels.SIMULATOR``.)
+CUDA_SIMULATOR: bool = _env_flag(CUDASIM_VAR)
 
 #: The device the notebooks and tests put their tensors on.
 DEVICE: torch.device = torch.device("cuda" if HAS_GPU else "cpu")

@@ -1,3 +1,4 @@
+import importlib.util
 import os
 import subprocess
 import sys
@@ -80,3 +81,39 @@ def test_gpu_profiles_grow_with_memory():
     assert max(small.copy_sizes) < max(large.copy_sizes) and max(small.matmul_sizes) < max(large.matmul_sizes)
     assert small.linear.d <= large.linear.d and small.attention.softmax_bytes <= large.attention.softmax_bytes
     assert max(small.attention.sweep.seq_lens) < max(large.attention.sweep.seq_lens)
+
+
+# -- Numba's CUDA simulator (infer_lib.cuda_kernels) ---------------------------------------------
+
+def _fresh(code: str, **env_set) -> str:
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+    env.update(env_set)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    return out.stdout
+
+
+def test_import_sets_cuda_simulator_without_gpu_and_imports_no_numba():
+    code = ("import sys, os; import infer_lib; from infer_lib import device; "
+            "print(device.HAS_GPU, os.environ.get('NUMBA_ENABLE_CUDASIM'), device.CUDA_SIMULATOR, "
+            "any(m.split('.')[0] == 'numba' for m in sys.modules))")
+    has_gpu, var, sim, numba_imported = _fresh(code).split()
+    assert (var, sim) == (("None", "False") if has_gpu == "True" else ("1", "True"))
+    assert numba_imported == "False"
+
+
+@pytest.mark.parametrize("value, simulated", [("0", "False"), ("1", "True"), ("", "False")])
+def test_cuda_simulator_variable_set_by_the_user_is_kept(value, simulated):
+    code = ("import os; import infer_lib; from infer_lib import device; "
+            "print(repr(os.environ['NUMBA_ENABLE_CUDASIM']), device.CUDA_SIMULATOR)")
+    assert _fresh(code, NUMBA_ENABLE_CUDASIM=value).split() == [repr(value), simulated]
+
+
+@pytest.mark.skipif(device.HAS_GPU, reason="the warning is for a machine without a GPU")
+@pytest.mark.skipif(importlib.util.find_spec("numba_cuda") is None, reason="numba-cuda is not installed")
+def test_numba_cuda_imported_first_is_warned_about():
+    code = ("import warnings; warnings.simplefilter('always'); import numba.cuda; "
+            "import infer_lib; from numba.cuda.core import config; print(config.ENABLE_CUDASIM)")
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert "numba.cuda was imported before infer_lib" in out.stderr and "restart" in out.stderr
+    assert out.stdout.split() == ["0"]   # too late: numba.cuda already chose the driver
