@@ -113,3 +113,26 @@ def assert_not_given(hint: str, *values) -> None:
     for x in numbers_in(hint):
         for v in values:
             assert not math.isclose(x, v, rel_tol=0.03), (x, v, hint)
+
+
+# -- the row-norm kernels (rms_norm, add_rms_norm): which path a width takes ----------------
+
+SEVERAL_ROWS, ONE_ROW, LOOPED = "several rows per tile", "one row per tile", "looped"
+
+
+def norm_path(width: int, dtype: torch.dtype) -> str:
+    """Which kernel (and tiling) the norm launchers run for rows of this width, as they decide."""
+    from infer_lib.kernels import _tuning
+
+    if width > _tuning.NORM_MAX_FUSED_BLOCK:
+        return LOOPED
+    rows = _tuning.norm_config(width, torch.finfo(dtype).bits // 8).kwargs["ROWS"]
+    return ONE_ROW if rows == 1 else SEVERAL_ROWS
+
+
+def norm_width(path: str, candidates=(213, 423, 1001, 5001, 16383, 20001)) -> int:
+    """The first odd, non-power-of-two width that takes ``path`` in every dtype."""
+    for w in candidates:
+        if all(norm_path(w, dt) == path for dt in device.kernel_dtypes()):
+            return w
+    raise AssertionError(f"none of the widths {candidates} takes the {path} path in every dtype")

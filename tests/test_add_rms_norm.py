@@ -5,7 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import DTYPES, GPU_ONLY, IEEE_WARNINGS_EXPECTED, TOLERANCES, assert_close_with_nans
+from conftest import (DTYPES, GPU_ONLY, IEEE_WARNINGS_EXPECTED, LOOPED, ONE_ROW, SEVERAL_ROWS, TOLERANCES,
+                      assert_close_with_nans, norm_path as _path, norm_width as _width)
 from infer_lib import device
 from infer_lib.kernels import _tuning
 from infer_lib.kernels.add_rms_norm_kernel import MAX_FUSED_BLOCK, add_rms_norm, add_rms_norm_ref
@@ -13,23 +14,6 @@ from infer_lib.kernels.add_rms_norm_kernel import MAX_FUSED_BLOCK, add_rms_norm,
 DEV = device.DEVICE
 INF, NAN = float("inf"), float("nan")
 LOOP_BLOCK = _tuning.NORM_LOOP.kwargs["BLOCK"]
-
-SEVERAL_ROWS, ONE_ROW, LOOPED = "several rows per tile", "one row per tile", "looped"
-
-
-def _path(width: int, dtype: torch.dtype) -> str:
-    """Which kernel (and tiling) ``add_rms_norm`` runs for rows of this width, as the launcher decides."""
-    if width > MAX_FUSED_BLOCK:
-        return LOOPED
-    rows = _tuning.norm_config(width, torch.finfo(dtype).bits // 8).kwargs["ROWS"]
-    return ONE_ROW if rows == 1 else SEVERAL_ROWS
-
-
-def _width(path: str, candidates=(213, 423, 1001, 5001, 16383, 20001)) -> int:
-    for w in candidates:
-        if all(_path(w, dt) == path for dt in device.kernel_dtypes()):
-            return w
-    raise AssertionError(f"none of the widths {candidates} takes the {path} path in every dtype")
 
 
 SHAPES = [(1,), (77,), (3, 423), (2, 5, 77), (37, 213),              # several rows per tile

@@ -150,3 +150,13 @@ def check_seqlen_values(op: str, cache_seqlens: torch.Tensor, S_max: int) -> Non
         raise ValueError(f"{op}: cache_seqlens[{b}] = {int(cache_seqlens[b])} is outside 1..{S_max}: "
                          "each length counts the cached tokens of its sequence, the one being "
                          "decoded included, in a cache of S_max positions")
+
+
+def check_rows_contiguous(op: str, **tensors) -> None:
+    """Row kernels read each row of the last dimension as one run of memory: its stride must
+    be 1 (any leading strides are fine; the launcher views or copies them into rows)."""
+    for name, t in tensors.items():
+        if t.numel() > 0 and t.shape[-1] > 1 and t.stride(-1) != 1:
+            raise ValueError(f"{op}: the last dimension of {name} must be contiguous (stride 1), got "
+                             f"strides {tuple(t.stride())}; the kernel reads each row as one run of "
+                             "memory — call .contiguous() first")

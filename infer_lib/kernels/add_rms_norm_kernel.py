@@ -49,7 +49,7 @@ import triton
 import triton.language as tl
 
 from . import _tuning
-from ._checks import check_eps, check_norm_weight, check_same, check_tensor
+from ._checks import check_eps, check_norm_weight, check_rows_contiguous, check_same, check_tensor
 
 #: Widest row kept whole on chip (one pass); wider rows take the looped kernel.
 MAX_FUSED_BLOCK = _tuning.NORM_MAX_FUSED_BLOCK
@@ -172,11 +172,7 @@ def add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
         with torch.cuda.device(x.device):
             return add_rms_norm(x, residual, weight, eps)
     n_cols = x.shape[-1]
-    for name, t in (("x", x), ("residual", residual)):
-        if t.numel() > 0 and n_cols > 1 and t.stride(-1) != 1:
-            raise ValueError(f"{op}: the last dimension of {name} must be contiguous (stride 1), got "
-                             f"strides {tuple(t.stride())}; the kernel reads each row as one run of "
-                             "memory — call .contiguous() first")
+    check_rows_contiguous(op, x=x, residual=residual)
     h = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     if x.numel() == 0:

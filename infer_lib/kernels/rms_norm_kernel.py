@@ -50,7 +50,7 @@ import triton
 import triton.language as tl
 
 from . import _tuning
-from ._checks import check_eps, check_norm_weight, check_tensor
+from ._checks import check_eps, check_norm_weight, check_rows_contiguous, check_tensor
 
 #: Widest row kept whole on chip (one pass); wider rows take the looped kernel.
 MAX_FUSED_BLOCK = _tuning.NORM_MAX_FUSED_BLOCK
@@ -152,10 +152,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.
         with torch.cuda.device(x.device):
             return rms_norm(x, weight, eps)
     n_cols = x.shape[-1]
-    if x.numel() > 0 and n_cols > 1 and x.stride(-1) != 1:
-        raise ValueError(f"rms_norm: the last dimension of x must be contiguous (stride 1), got "
-                         f"strides {tuple(x.stride())}; the kernel reads each row as one run of "
-                         "memory — call .contiguous() first")
+    check_rows_contiguous("rms_norm", x=x)
     out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     if x.numel() == 0:
         return out

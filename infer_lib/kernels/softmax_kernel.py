@@ -70,7 +70,7 @@ import triton
 import triton.language as tl
 
 from . import _tuning
-from ._checks import check_tensor
+from ._checks import check_rows_contiguous, check_tensor
 
 #: Widest row kept whole on chip (one pass); wider rows take the online kernel.
 MAX_FUSED_BLOCK = _tuning.SOFTMAX_MAX_FUSED_BLOCK
@@ -196,10 +196,7 @@ def softmax(x: torch.Tensor) -> torch.Tensor:
         raise ValueError("softmax: x is 0-d (a single number); softmax normalises over the last "
                          "dimension, so x needs at least one dimension")
     n_cols = x.shape[-1]
-    if x.numel() > 0 and n_cols > 1 and x.stride(-1) != 1:
-        raise ValueError(f"softmax: the last dimension of x must be contiguous (stride 1), got "
-                         f"strides {tuple(x.stride())}; the kernel reads each row as one run of "
-                         "memory — call .contiguous() first")
+    check_rows_contiguous("softmax", x=x)
     out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     if x.numel() == 0:
         return out
