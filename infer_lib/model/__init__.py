@@ -3,7 +3,8 @@
 One file per part: ``config`` (``ModelConfig`` and presets of public models),
 ``layers`` (RMSNorm, RoPE, attention with selectable backends, SwiGLU MLP,
 ``Transformer``), ``kv_cache`` (``KVCache``), ``generate`` (prefill, decode,
-sampling) and ``checkpoint`` (Hugging Face Llama checkpoints in safetensors).
+sampling), ``checkpoint`` (Hugging Face Llama checkpoints in safetensors) and ``gqa``
+(``to_gqa``: K/V heads mean-pooled into fewer groups, grouped-query attention).
 
     >>> import torch
     >>> from infer_lib.model import ModelConfig, Transformer, generate
@@ -17,6 +18,7 @@ from .checkpoint import config_from_hf, config_to_hf, from_pretrained, save_pret
 from .config import (LLAMA_2_7B, LLAMA_3_2_1B, LLAMA_3_8B, LLAMA_3_70B, PRESETS, SMOLLM2_135M, TINY,
                      TINY_MHA, TINY_MQA, ModelConfig, RopeScaling)
 from .generate import decode_one_token, generate, prefill, sample
+from .gqa import to_gqa
 from .kv_cache import KVCache
 from .layers import BACKENDS, Transformer
 
@@ -24,5 +26,5 @@ __all__ = [
     "BACKENDS", "KVCache", "LLAMA_2_7B", "LLAMA_3_2_1B", "LLAMA_3_70B", "LLAMA_3_8B", "ModelConfig",
     "PRESETS", "RopeScaling", "SMOLLM2_135M", "TINY", "TINY_MHA", "TINY_MQA", "Transformer",
     "config_from_hf", "config_to_hf", "decode_one_token", "from_pretrained", "generate", "prefill",
-    "sample", "save_pretrained",
+    "sample", "save_pretrained", "to_gqa",
 ]
