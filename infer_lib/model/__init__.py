@@ -3,8 +3,10 @@
 One file per part: ``config`` (``ModelConfig`` and presets of public models),
 ``layers`` (RMSNorm, RoPE, attention with selectable backends, SwiGLU MLP,
 ``Transformer``), ``kv_cache`` (``KVCache``), ``generate`` (prefill, decode,
-sampling), ``checkpoint`` (Hugging Face Llama checkpoints in safetensors) and ``gqa``
-(``to_gqa``: K/V heads mean-pooled into fewer groups, grouped-query attention).
+sampling), ``checkpoint`` (Hugging Face Llama checkpoints in safetensors), ``gqa``
+(``to_gqa``: K/V heads mean-pooled into fewer groups, grouped-query attention) and ``train``
+(the course's own byte-level model trained on the shipped corpus:
+``python -m infer_lib.model.train --out-dir DIR``).
 
     >>> import torch
     >>> from infer_lib.model import ModelConfig, Transformer, generate
@@ -15,15 +17,15 @@ sampling), ``checkpoint`` (Hugging Face Llama checkpoints in safetensors) and ``
 """
 
 from .checkpoint import config_from_hf, config_to_hf, from_pretrained, save_pretrained
-from .config import (LLAMA_2_7B, LLAMA_3_2_1B, LLAMA_3_8B, LLAMA_3_70B, PRESETS, SMOLLM2_135M, TINY,
-                     TINY_MHA, TINY_MQA, ModelConfig, RopeScaling)
+from .config import (COURSE_MHA, LLAMA_2_7B, LLAMA_3_2_1B, LLAMA_3_8B, LLAMA_3_70B, PRESETS, SMOLLM2_135M,
+                     TINY, TINY_MHA, TINY_MQA, ModelConfig, RopeScaling)
 from .generate import decode_one_token, generate, prefill, sample
 from .gqa import to_gqa
 from .kv_cache import KVCache
 from .layers import BACKENDS, Transformer
 
 __all__ = [
-    "BACKENDS", "KVCache", "LLAMA_2_7B", "LLAMA_3_2_1B", "LLAMA_3_70B", "LLAMA_3_8B", "ModelConfig",
+    "BACKENDS", "COURSE_MHA", "KVCache", "LLAMA_2_7B", "LLAMA_3_2_1B", "LLAMA_3_70B", "LLAMA_3_8B", "ModelConfig",
     "PRESETS", "RopeScaling", "SMOLLM2_135M", "TINY", "TINY_MHA", "TINY_MQA", "Transformer",
     "config_from_hf", "config_to_hf", "decode_one_token", "from_pretrained", "generate", "prefill",
     "sample", "save_pretrained", "to_gqa",

@@ -171,6 +171,13 @@ TINY_MQA = ModelConfig(   # odd sizes, one KV head, untied head, Llama-3 RoPE sc
     vocab_size=97, dim=64, n_layers=3, n_heads=4, n_kv_heads=1, ffn_dim=88, norm_eps=1e-6,
     rope_theta=500_000.0, rope_scaling=_TINY_ROPE, max_seq_len=256, tie_embeddings=False)
 
+# The course's own model, trained on the stdlib corpus (infer_lib.model.train; nothing is
+# downloaded): multi-head, byte-level (V = 256), 5.2 M parameters, a few minutes on one GPU.
+# The MQA/GQA chapter trains it again with n_kv_heads < n_heads to measure what sharing costs.
+COURSE_MHA = ModelConfig(
+    vocab_size=256, dim=256, n_layers=6, n_heads=8, n_kv_heads=8, head_dim=32, ffn_dim=768,
+    rope_theta=10_000.0, max_seq_len=512, tie_embeddings=True)
+
 # Public checkpoints: the shapes of each model's Hugging Face config.json.
 # https://huggingface.co/HuggingFaceTB/SmolLM2-135M/blob/main/config.json
 SMOLLM2_135M = ModelConfig(
@@ -199,6 +206,7 @@ PRESETS: dict[str, ModelConfig] = {
     "tiny": TINY,
     "tiny-mha": TINY_MHA,
     "tiny-mqa": TINY_MQA,
+    "course-mha": COURSE_MHA,
     "smollm2-135m": SMOLLM2_135M,
     "llama-3.2-1b": LLAMA_3_2_1B,
     "llama-2-7b": LLAMA_2_7B,
