@@ -40,7 +40,8 @@ PARTS = ("env", "tests", "notebooks", "data", "bench")
 #: modules whose ``python -m MODULE --out-dir DIR`` writes the chapters' measurement files
 DATA_MODULES = ("infer_lib.experiments.ceilings", "infer_lib.experiments.bottlenecks",
                 "infer_lib.experiments.attention_sweep", "infer_lib.experiments.decode",
-                "infer_lib.experiments.kv_cache", "infer_lib.experiments.prefill_decode")
+                "infer_lib.experiments.kv_cache", "infer_lib.experiments.prefill_decode",
+                "infer_lib.experiments.tensor_cores", "infer_lib.experiments.fusion")
 NOTEBOOK_PKGS = ("nbclient", "ipykernel", "ipywidgets", "nbformat")
 
 
