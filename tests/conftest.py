@@ -136,3 +136,19 @@ def norm_width(path: str, candidates=(213, 423, 1001, 5001, 16383, 20001)) -> in
         if all(norm_path(w, dt) == path for dt in device.kernel_dtypes()):
             return w
     raise AssertionError(f"none of the widths {candidates} takes the {path} path in every dtype")
+
+
+# -- the model tests: a model with random weights everywhere ----------------------------------
+
+def random_model(config, backend: str = "sdpa", seed: int = 0):
+    """``infer_lib.model.Transformer`` of a preset (its name) or a ``ModelConfig`` with fresh
+    random weights, the norms' included (they start at 1, which would hide a missing norm)."""
+    from infer_lib.model import PRESETS, Transformer
+
+    torch.manual_seed(seed)
+    config = PRESETS[config] if isinstance(config, str) else config
+    model = Transformer(config, backend=backend).eval().requires_grad_(False)
+    for n, p in model.named_parameters():
+        if n.endswith("norm.weight"):
+            p.normal_(1.0, 0.2)
+    return model

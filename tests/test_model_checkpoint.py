@@ -8,6 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from conftest import random_model
 from infer_lib import device
 
 from infer_lib.model import PRESETS, ModelConfig, Transformer, config_from_hf, config_to_hf, save_pretrained
@@ -21,16 +22,6 @@ def from_pretrained(path, **kwargs):
 
 
 pytestmark = pytest.mark.usefixtures("tensors_on_the_gpu_if_any")
-
-
-def random_model(name: str, seed: int = 0) -> Transformer:
-    """A preset's model with fresh random weights everywhere, norms included."""
-    torch.manual_seed(seed)
-    model = Transformer(PRESETS[name]).eval().requires_grad_(False)
-    for n, p in model.named_parameters():
-        if n.endswith("norm.weight"):
-            p.normal_(1.0, 0.2)
-    return model
 
 
 def assert_same_weights(a: Transformer, b: Transformer):

@@ -7,6 +7,7 @@ import dataclasses
 import pytest
 import torch
 
+from conftest import random_model
 from infer_lib import device
 from infer_lib.model import PRESETS, KVCache, Transformer, decode_one_token, generate, prefill, sample
 from infer_lib.model import layers
@@ -17,15 +18,6 @@ GPU_ONLY = pytest.mark.skipif(not device.HAS_GPU, reason="CUDA graphs and 16-bit
 
 
 pytestmark = pytest.mark.usefixtures("tensors_on_the_gpu_if_any")
-
-
-def random_model(name: str, backend: str = "sdpa", seed: int = 0) -> Transformer:
-    torch.manual_seed(seed)
-    model = Transformer(PRESETS[name], backend=backend).eval().requires_grad_(False)
-    for n, p in model.named_parameters():
-        if n.endswith("norm.weight"):
-            p.normal_(1.0, 0.2)
-    return model
 
 
 def greedy_uncached(model, tokens, n):

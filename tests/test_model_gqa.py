@@ -8,6 +8,8 @@ import dataclasses
 import pytest
 import torch
 
+from conftest import random_model as conftest_random_model
+
 from infer_lib.model import (PRESETS, TINY_MHA, KVCache, Transformer, decode_one_token, from_pretrained,
                              generate, prefill, save_pretrained, to_gqa)
 from infer_lib.model.layers import apply_rope
@@ -22,12 +24,7 @@ CONFIGS = {name: PRESETS[name] for name in ("tiny", "tiny-mha", "tiny-mqa")} | {
 
 
 def random_model(name: str, backend: str = "sdpa", seed: int = 0) -> Transformer:
-    torch.manual_seed(seed)
-    model = Transformer(CONFIGS[name], backend=backend).eval().requires_grad_(False)
-    for n, p in model.named_parameters():
-        if n.endswith("norm.weight"):
-            p.normal_(1.0, 0.2)
-    return model
+    return conftest_random_model(CONFIGS[name], backend, seed)
 
 
 def heads(weight: torch.Tensor, D: int) -> list[torch.Tensor]:
