@@ -68,6 +68,15 @@ def bench_us_hot(fn: Callable[[], object], rep_ms: int = 50) -> float:
     return 1e3 * do_bench_cudagraph(fn, rep=rep_ms, return_mode="median")
 
 
+def timer(smoke: bool, *, hot: bool = True) -> Callable[[Callable[[], object]], float]:
+    """The timer of a measurement: GPU time from CUDA-graph replays (``bench_us_hot``), or with
+    ``hot=False`` the eager call after an L2 flush (``bench_us``); under ``smoke`` (the plumbing
+    on any machine) a wall clock of one call, never reported as performance."""
+    if smoke:
+        return lambda fn: wall_us(fn, reps=1)
+    return bench_us_hot if hot else bench_us
+
+
 def wall_us(fn: Callable[[], object], reps: int = 3) -> float:
     """Median wall-clock time in µs; only for plumbing tests on the CPU, never reported as performance."""
     times = []

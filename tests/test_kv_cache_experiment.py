@@ -42,4 +42,5 @@ def test_the_command_refuses_without_a_gpu(tmp_path):
 def test_a_tiny_model_on_the_gpu():
     doc = kv_cache.run("tiny", lengths=(16, 64))
     measure.validate(doc, kv_cache.SCHEMA)
-    assert doc["offload"]["slowdown"] > 1      # PCIe is slower than HBM on every GPU of the course
+    # (the plumbing on the GPU path: pinned copies, CUDA-graph timing; no timing is asserted)
+    assert {t["pinned"] for t in doc["transfer"]} == {False, True}

@@ -75,16 +75,6 @@ TIMING = ("us: GPU time, median of CUDA-graph replays (triton.testing.do_bench_c
 SMOKE_TIMING = "wall clock of one call (--smoke): plumbing only, not a measurement"
 
 
-def timer(smoke: bool) -> Callable[[Callable[[], object]], float]:
-    """GPU time (CUDA-graph replays) on a GPU; a wall clock under ``--smoke``."""
-    return (lambda fn: measure.wall_us(fn, reps=1)) if smoke else measure.bench_us_hot
-
-
-def eager_timer(smoke: bool) -> Callable[[Callable[[], object]], float]:
-    """The eager call right after an L2 flush (``do_bench``); a wall clock under ``--smoke``."""
-    return (lambda fn: measure.wall_us(fn, reps=1)) if smoke else measure.bench_us
-
-
 #: the limits' sweeps around their ceilings (the ceilings are 1 GiB and 8192³)
 LIMIT_COPY_SIZES = (2**26, 2**28, measure.COPY_LIMIT_BYTES, 2**32)   # 64 MiB … 4 GiB
 LIMIT_MATMUL_SIZES = (1024, 4096, measure.MATMUL_LIMIT_N)
@@ -155,7 +145,7 @@ def run_case(c: Case, limits: dict, smoke: bool) -> dict:
                                        msg=lambda m, impl=impl: f"{c.kernel} [{c.case}] disagrees with {impl}: {m}")
             del want
         del got
-    time_us, eager_us = timer(smoke), eager_timer(smoke)
+    time_us, eager_us = measure.timer(smoke), measure.timer(smoke, hot=False)
     ours_us = time_us(c.ours[1])
     ours_eager = eager_us(c.ours[1])
     peers = []

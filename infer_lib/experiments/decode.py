@@ -108,7 +108,7 @@ def measure_step(config: ModelConfig, backend: str, batch: int, context: int, gr
         decode_one_token(model, token, cache)
 
     step = _graphed_step(model, token, cache, lengths) if graph else eager_step
-    us = measure.wall_us(step, reps=1) if smoke else measure.bench_us(step)
+    us = measure.timer(smoke, hot=False)(step)
     nbytes = step_bytes(config, batch, context, dtype)
     roofline_us = nbytes / (copy_GBps * 1e3)
     del cache

@@ -202,7 +202,7 @@ def fusion_record(op: str, rows: int, cols: int, dtype: torch.dtype, copy_GBps: 
     args = make_inputs(op, rows, cols, dtype)
     record = {"op": op, "rows": int(rows), "cols": int(cols), "dtype": device.dtype_name(dtype),
               **traffic_bytes(op, rows, cols, dtype.itemsize)}
-    timer = (lambda fn: measure.wall_us(fn, reps=1)) if smoke else measure.bench_us_hot
+    timer = measure.timer(smoke)
     eager, ours = EAGER[op], OURS[op]
     with torch.no_grad():
         want = eager(*args)

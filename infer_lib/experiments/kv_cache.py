@@ -56,7 +56,7 @@ def per_token_times(model, lengths, *, smoke: bool = False) -> list[dict]:
     dtype = model.embed_tokens.weight.dtype
     # GPU time from CUDA-graph replays: eagerly, a step of the model is many small launches
     # whose Python cost on the host (chapter 2) would hide the GPU work being compared.
-    timer = (lambda fn: measure.wall_us(fn, reps=1)) if smoke else measure.bench_us_hot
+    timer = measure.timer(smoke)
     out = []
     for L in lengths:
         tokens = torch.randint(0, config.vocab_size, (1, L), device=device.DEVICE)
@@ -104,8 +104,7 @@ def run(preset: str = "llama-3.2-1b", *, lengths=LENGTHS, smoke: bool = False) -
     per_token = per_token_times(model, lengths, smoke=smoke)
     del model
     transfers = [transfer(n, pinned, smoke=smoke) for pinned in (False, True) for n in sizes]
-    device_copy = (measure.copy_bandwidth(sizes[-1], smoke=True) if smoke
-                   else measure.copy_bandwidth(sizes[-1]))["GBps"]
+    device_copy = measure.copy_bandwidth(sizes[-1], smoke=smoke)["GBps"]
     best_pinned = max(t["GBps"] for t in transfers if t["pinned"])
     cache_bytes = config.kv_cache_bytes_per_token(dtype) * context * batch
     # The step reads its cache once: from HBM at the copy bandwidth (which counts every byte

@@ -89,7 +89,7 @@ def run(preset: str = "llama-3.2-1b", *, lengths=PROMPT_LENGTHS, batches=BATCHES
         matmul_TFLOPs = measure.matmul_flops(dtype=dtype)["TFLOPs"]
     # GPU time from CUDA-graph replays: eager prefills of short prompts are bound by the host's
     # launches (chapter 2), which would hide how the GPU work grows with the prompt.
-    timer = (lambda fn: measure.wall_us(fn, reps=1)) if smoke else measure.bench_us_hot
+    timer = measure.timer(smoke)
     model = random_model(config, "sdpa", dtype)
 
     prefills = []

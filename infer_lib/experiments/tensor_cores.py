@@ -101,7 +101,7 @@ def matmul_record(n: int, precision: str, *, spec: hardware.GPUSpec | None = Non
     torch.backends.cuda.matmul.allow_tf32 = tf32
     try:
         fn = lambda: torch.matmul(a, b, out=c)  # noqa: E731  (out=: no allocation in the graph)
-        us = measure.wall_us(fn, reps=1) if smoke else measure.bench_us_hot(fn)
+        us = measure.timer(smoke)(fn)
     finally:
         torch.backends.cuda.matmul.allow_tf32 = before
     tflops = 2 * n**3 / us / 1e6

@@ -40,7 +40,7 @@ import triton
 import triton.language as tl
 
 from . import _tuning
-from ._checks import check_same, check_tensor
+from ._checks import check_rows_contiguous, check_same, check_tensor
 
 
 def swiglu_ref(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
@@ -97,11 +97,7 @@ def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
         return out
     contiguous = gate.is_contiguous() and up.is_contiguous()
     if not contiguous:
-        for name, t in (("gate", gate), ("up", up)):
-            if t.dim() == 0 or (t.shape[-1] > 1 and t.stride(-1) != 1):
-                raise ValueError(f"swiglu: the last dimension of {name} must be contiguous (stride 1), "
-                                 f"got strides {tuple(t.stride())}; the kernel reads each row as one "
-                                 "run of memory — call .contiguous() first")
+        check_rows_contiguous("swiglu", gate=gate, up=up)
     g2, u2, out2 = _rows(gate, contiguous), _rows(up, contiguous), _rows(out, contiguous)
     n_rows, n_cols = g2.shape
     cfg = _tuning.swiglu_config()
