@@ -158,7 +158,7 @@ def test_decode_step_bytes_right(capsys):
     assert ch05.decode_step_bytes(lambda *a: torch.tensor(_bytes(*a), dtype=torch.float64))
 
 
-def test_decode_step_bytes_matches_the_experiment():
+def test_decode_step_bytes_reference_counts_a_size_in_bytes_as_its_dtype():
     from infer_lib.experiments import decode
     for cfg, B, T, s in ch05._step_cases(rng=random.Random(0)):
         dtype = {1: torch.float8_e4m3fn, 2: torch.bfloat16, 4: torch.float32}[s]

@@ -220,15 +220,8 @@ def roofline_fraction(fraction) -> None:
 # --- Exercise 5.4 (coding): the bytes a decode step reads -----------------------------------
 
 def _step_bytes_ref(config: ModelConfig, batch: int, context: int, elem_bytes: int) -> int:
-    """Bytes one decode step reads (``decode.step_bytes`` with ``elem_bytes`` per value): every
-    weight once — of the input embedding only ``batch`` rows, left out, unless the output head
-    is tied to it and reads it whole — and each sequence's keys and values of ``context`` tokens
-    in every layer."""
-    weights = config.num_params(include_embedding=False)
-    if config.tie_embeddings:
-        weights += config.vocab_size * config.dim
-    kv_per_token = 2 * config.n_layers * config.n_kv_heads * config.head_dim * elem_bytes
-    return weights * elem_bytes + kv_per_token * context * batch
+    """Bytes one decode step reads, ``elem_bytes`` per value: ``decode.step_bytes``."""
+    return decode.step_bytes(config, batch, context, elem_bytes)
 
 
 #: presets the cases are drawn from: tied and untied heads, MHA, GQA and MQA

@@ -52,11 +52,11 @@ SCHEMA = measure.Schema(
 )
 
 
-def step_bytes(config: ModelConfig, batch: int, context: int, dtype: torch.dtype) -> int:
+def step_bytes(config: ModelConfig, batch: int, context: int, dtype: torch.dtype | int) -> int:
     """Bytes one decode step must read: every weight once (the output head included; of the
     input embedding only the ``batch`` rows it looks up, left out) and each sequence's cache
-    up to ``context`` tokens."""
-    esize = torch.finfo(dtype).bits // 8
+    up to ``context`` tokens. ``dtype``: of weights and cache, or its size in bytes."""
+    esize = dtype if isinstance(dtype, int) else dtype.itemsize
     weights = config.num_params(include_embedding=False)
     if config.tie_embeddings:                    # the head reads the embedding matrix
         weights += config.vocab_size * config.dim
