@@ -12,7 +12,7 @@ Conventions (units are in the field names):
 
 * Bandwidth in GB/s with 1 GB/s = 1e9 bytes/s; memory capacity in GB as NVIDIA
   markets it — which for memory, sold in stacks and chips of binary sizes, means GiB
-  (2**30 bytes; chapter 1): bytes = ``memory_GB * 2**30``. The driver reports a little
+  (2**30 bytes; chapter 1): ``GPUSpec.memory_bytes`` = ``memory_GB * 2**30``. The driver reports a little
   less (what it reserves).
 * FLOP/s are **dense** peaks in TFLOP/s (1e12 FLOP/s), at the boost clock the
   datasheet assumes. From Ampere on, datasheets headline tensor-core figures
@@ -76,6 +76,11 @@ class GPUSpec:
     def peak_tflops(self, dtype: torch.dtype | str) -> float:
         """Dense peak TFLOP/s for ``dtype``; see the module function ``peak_tflops``."""
         return peak_tflops(self, dtype)
+
+    @property
+    def memory_bytes(self) -> float:
+        """The memory in bytes: ``memory_GB`` GiB, as NVIDIA's memory "GB" are (see above)."""
+        return self.memory_GB * 2**30
 
     @property
     def capability(self) -> tuple[int, int]:

@@ -106,7 +106,7 @@ def max_batch(batch) -> bool:
     s = _esize(FIT_DTYPE)
     weights = cfg.num_params() * s
     per_seq = cfg.kv_cache_bytes_per_token(FIT_DTYPE) * FIT["context"]
-    memory = spec.memory_GB * 2**30       # NVIDIA's memory "GB" are binary: GiB (chapter 1)
+    memory = spec.memory_bytes            # NVIDIA's memory "GB" are binary: GiB (chapter 1)
     exact = _fit_batch(memory, weights, per_seq)
     want = math.floor(exact)
     slips = [
