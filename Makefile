@@ -70,7 +70,7 @@ student: $(STAMP)
 wheels:
 	$(PYTHON) -m pip download -q -d wheels --python-version 3.12 --only-binary=:all: \
 		--platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 \
-		nbval nbclient ipykernel ipywidgets nbformat
+		nbval nbclient ipykernel ipywidgets nbformat $$(grep '^numpy==' requirements.txt)
 
 clean:
 	rm -rf _build student .pytest_cache $(MATHJAX)/node_modules $(MATHJAX)/static

@@ -90,6 +90,24 @@ def _simulator_enabled() -> bool:
 SIMULATOR: bool = _simulator_enabled()
 
 
+def _check_numpy_for_the_gpu() -> None:
+    """numba-cuda up to 0.30.4 (the newest as of 2026-12) registers ``np.row_stack``, which
+    NumPy 2.5 removed, when it first compiles a kernel for a GPU; the simulator never does."""
+    if SIMULATOR:
+        return
+    try:
+        from numba.cuda.np import arrayobj  # noqa: F401  (what the first compile imports)
+    except AttributeError as e:
+        raise ImportError(
+            f"infer_lib.cuda_kernels: this numba-cuda does not work with NumPy {np.__version__} "
+            f"on a GPU ({e}); install the course's pinned NumPy (`pip install -r requirements.txt`, "
+            "or `pip install 'numpy<2.5'`) and restart the Python kernel"
+        ) from e
+
+
+_check_numpy_for_the_gpu()
+
+
 def describe() -> str:
     """One line: where the kernels of this module run."""
     import numba

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import (DTYPES, GPU_ONLY, IEEE_WARNINGS_EXPECTED, LOOPED, ONE_ROW, SEVERAL_ROWS, TOLERANCES,
-                      assert_close_with_nans, norm_path as _path, norm_width as _width)
+                      assert_close_with_nans, norm_path as _path, norm_width as _width, torch_rms_norm)
 from infer_lib import device
 from infer_lib.kernels import _tuning
 from infer_lib.kernels.add_rms_norm_kernel import MAX_FUSED_BLOCK, add_rms_norm, add_rms_norm_ref
@@ -38,7 +38,7 @@ def _assert_like_unfused(h, out, x, residual, w, eps=1e-6, labels=None):
     atol, rtol = TOLERANCES[x.dtype]
     h_torch = x + residual
     assert_close_with_nans(h, h_torch, *_sum_tolerance(x.dtype), labels)
-    assert_close_with_nans(out, F.rms_norm(h_torch, (d,), w, eps), atol, rtol, labels)
+    assert_close_with_nans(out, torch_rms_norm(h_torch, w, eps), atol, rtol, labels)
     h_ref, out_ref = add_rms_norm_ref(x, residual, w, eps)
     assert torch.equal(h_ref.isnan(), h_torch.isnan()) and torch.equal(h_ref[~h_ref.isnan()], h_torch[~h_torch.isnan()])
     assert_close_with_nans(out, out_ref, atol, rtol, labels)
@@ -74,7 +74,7 @@ def _cases(dtype):
         "+inf in x": lambda x, r, p: x.__setitem__(p, INF),
         "-inf in residual": lambda x, r, p: r.__setitem__(p, -INF),
         "+inf + -inf": lambda x, r, p: (x.__setitem__(p, INF), r.__setitem__(p, -INF)),
-        # h rounds to inf: its norm is that of the rounded h (NaN there, 0 elsewhere), where the
+        # h rounds to inf: its norm is that of the rounded h (NaN throughout), where the
         # unrounded fp32 sum (in 16-bit) would give a finite row
         "sum overflows": lambda x, r, p: (x.__setitem__(p, big), r.__setitem__(p, big)),
         "sum is zero": lambda x, r, p: r.copy_(-x),

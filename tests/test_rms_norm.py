@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import (DTYPES, GPU_ONLY, IEEE_WARNINGS_EXPECTED, LOOPED, ONE_ROW, SEVERAL_ROWS, TOLERANCES,
-                      assert_close_with_nans, norm_path as _path, norm_width as _width)
+                      assert_close_with_nans, norm_path as _path, norm_width as _width, torch_rms_norm)
 from infer_lib import device
 from infer_lib.kernels import _tuning
 from infer_lib.kernels import rms_norm_kernel
@@ -96,7 +96,7 @@ def test_special_values_like_torch(dtype, path, where, poisoned_outputs):
     w = _weight(width, dtype)
     atol, rtol = TOLERANCES[dtype]
     out = rms_norm(x, w)
-    assert_close_with_nans(out, F.rms_norm(x, (width,), w, 1e-6), atol, rtol, labels)
+    assert_close_with_nans(out, torch_rms_norm(x, w, 1e-6), atol, rtol, labels)
     assert_close_with_nans(out, rms_norm_ref(x, w), atol, rtol, labels)
 
 
@@ -109,7 +109,7 @@ def test_special_weights_like_torch(dtype, path, poisoned_outputs):
     x[2] = 0                                         # 0 · inf = NaN in that row
     w[0], w[width // 2], w[width - 1] = NAN, INF, -INF
     atol, rtol = TOLERANCES[dtype]
-    assert_close_with_nans(rms_norm(x, w), F.rms_norm(x, (width,), w, 1e-6), atol, rtol)
+    assert_close_with_nans(rms_norm(x, w), torch_rms_norm(x, w, 1e-6), atol, rtol)
 
 
 @IEEE_WARNINGS_EXPECTED
@@ -118,7 +118,23 @@ def test_reference_matches_torch(dtype):
     x, labels = _special_input(9, dtype, 4)
     w = _weight(9, dtype)
     atol, rtol = TOLERANCES[dtype]
-    assert_close_with_nans(rms_norm_ref(x, w), F.rms_norm(x, (9,), w, 1e-6), atol, rtol, labels)
+    assert_close_with_nans(rms_norm_ref(x, w), torch_rms_norm(x, w, 1e-6), atol, rtol, labels)
+
+
+@GPU_ONLY
+@pytest.mark.parametrize("width", [9, 4096, 20001])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_torch_on_a_gpu_nans_whole_rows(dtype, width):
+    # The rule our kernels follow on every device (module docstring): PyTorch's CUDA
+    # F.rms_norm makes a row holding NaN or ±inf NaN throughout, and a finite row whose
+    # squares overflow a row of zeros. A PyTorch that changes this fails here first.
+    x, labels = _special_input(width, dtype, width // 2)
+    out = F.rms_norm(x, (width,), _weight(width, dtype), 1e-6)
+    for r, name in labels.items():
+        if name.startswith(("nan", "+inf", "-inf")):
+            assert out[r].isnan().all(), name
+        else:
+            assert not out[r].isnan().any(), name
 
 
 # ----------------------------------------------------------------------------
@@ -263,7 +279,7 @@ def test_every_config_on_gpu(dtype, width, rows_per_tile, poisoned_outputs):
         if n_rows > 1:
             x[n_rows // 2, width - 1] = NAN
             x[n_rows - 1, 0] = INF
-        assert_close_with_nans(rms_norm(x, w), F.rms_norm(x, (width,), w, 1e-6), atol, rtol)
+        assert_close_with_nans(rms_norm(x, w), torch_rms_norm(x, w, 1e-6), atol, rtol)
 
 
 @GPU_ONLY
@@ -276,7 +292,7 @@ def test_looped_widths_on_gpu(dtype, width, poisoned_outputs):
         x, w = 3 * torch.randn(n_rows, width, device=DEV, dtype=dtype), _weight(width, dtype)
         if n_rows == 129:
             x[64, width - 1], x[65, LOOP_BLOCK] = NAN, -INF
-        assert_close_with_nans(rms_norm(x, w), F.rms_norm(x, (width,), w, 1e-6), atol, rtol)
+        assert_close_with_nans(rms_norm(x, w), torch_rms_norm(x, w, 1e-6), atol, rtol)
 
 
 @GPU_ONLY

@@ -32,6 +32,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
 from pathlib import Path
 
@@ -102,6 +103,31 @@ def ensure_notebook_packages(log: Log) -> None:
     log.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--find-links", str(wheels), *missing])
 
 
+def pinned_numpy(log: Log, env: dict) -> None:
+    """Run every part with requirements.txt's NumPy when the machine has another one.
+
+    numba-cuda (0.30.4, the newest as of 2026-12) registers ``np.row_stack``, which NumPy
+    2.5 removed, when it compiles a kernel for a GPU. So where the machine's NumPy differs
+    from the pin and ``./wheels`` holds the pinned wheel (``make wheels``), that wheel is
+    installed into a folder put first on every subprocess's PYTHONPATH.
+    """
+    import numpy
+
+    pin = next((line.split("==")[1].strip() for line in (ROOT / "requirements.txt").read_text().splitlines()
+                if line.startswith("numpy==")), None)
+    if pin is None or numpy.__version__ == pin:
+        return
+    wheel = sorted((ROOT / "wheels").glob(f"numpy-{pin}-*.whl"))
+    if not wheel:
+        log(f"numpy {numpy.__version__} here, {pin} pinned, no wheel for it in ./wheels: using {numpy.__version__}")
+        return
+    site = Path(tempfile.mkdtemp(prefix="gpu_check_site_"))
+    log.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
+             "--target", str(site), str(wheel[-1])])
+    env["PYTHONPATH"] = f"{site}{os.pathsep}{env['PYTHONPATH']}"
+    log(f"numpy {pin} (pinned) from ./wheels first on PYTHONPATH; the machine has {numpy.__version__}")
+
+
 def main(argv: list[str]) -> int:
     if len(argv) < 2:
         print(__doc__)
@@ -114,6 +140,7 @@ def main(argv: list[str]) -> int:
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     env.pop("TRITON_INTERPRET", None)
     failures = []
+    pinned_numpy(log, env)
 
     log("== env")
     # env keeps INFER_LIB_COMMIT: every subprocess's measure.provenance() records it

@@ -17,6 +17,7 @@ from ..kernels import vector_add
 from .attention_cases import flash_attention_cases, softmax_cases
 from .core import Case
 from .decode_cases import decode_attention_cases
+from .fusion_cases import add_rms_norm_cases, rms_norm_cases, swiglu_cases
 from .matmul_cases import batch_sweep, matmul_cases
 
 
@@ -50,4 +51,7 @@ CASES = {
     "softmax": softmax_cases,
     "flash_attention": flash_attention_cases,
     "decode_attention": decode_attention_cases,
+    "rms_norm": rms_norm_cases,
+    "add_rms_norm": add_rms_norm_cases,
+    "swiglu": swiglu_cases,
 }

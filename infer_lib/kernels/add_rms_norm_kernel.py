@@ -16,13 +16,12 @@ computes for ``h = x + residual; out = F.rms_norm(h, (d,), w, eps)`` in x's dtyp
 returned ``h`` equals ``x + residual`` bit for bit, and ``out`` equals ``rms_norm(h)``
 within the one-rounding difference of ``rms_norm_kernel``. A norm taken from the unrounded
 fp32 sum would be slightly more accurate, but it would not be the norm of the ``h`` the
-next block sees. In fp16 a sum beyond 65504 rounds to ±inf, so its row's norm is what
-``F.rms_norm`` gives for a row holding ±inf (NaN there, 0 elsewhere), as unfused.
+next block sees. In fp16 a sum beyond 65504 rounds to ±inf, so its row's norm is NaN
+throughout, as for any row holding ±inf (below).
 
-Special values follow the unfused PyTorch ops exactly (``torch.add``, then
+Special values follow the unfused PyTorch ops on a GPU (``torch.add``, then
 ``F.rms_norm``; see ``rms_norm_kernel``): ``h`` is the IEEE sum (``inf + (-inf) = NaN``),
-and ``out`` is RMSNorm of that ``h`` — a NaN in ``h`` makes its row NaN, a ±inf becomes NaN
-and the rest of its row 0.
+and ``out`` is RMSNorm of that ``h`` — a row of ``h`` holding NaN or ±inf is NaN throughout.
 
 Memory traffic: the minimum is reading ``x`` and ``residual`` once and writing ``h`` and
 ``out`` once, ``4 · rows · d · element_size`` bytes (plus ``d`` entries of ``w`` per
@@ -61,6 +60,7 @@ def add_rms_norm_ref(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tens
     h = (x.float() + residual.float()).to(x.dtype)       # what x + residual gives in x's dtype
     hf = h.float()                                        # the norm is that of the rounded h
     rstd = torch.rsqrt(hf.square().mean(dim=-1, keepdim=True) + eps)
+    rstd = rstd.masked_fill(~hf.isfinite().all(dim=-1, keepdim=True), float("nan"))   # as rms_norm_ref
     return h, (hf * rstd * weight.float()).to(x.dtype)
 
 
@@ -86,7 +86,8 @@ def _add_rms_norm_kernel(x_ptr, res_ptr, w_ptr, h_ptr, out_ptr, n_rows, n_cols,
     h = (x + r).to(h_ptr.dtype.element_ty)
     tl.store(h_ptr + rows * stride_h + offs_c[None, :], h, mask=mask)   # written once
     hf = h.to(tl.float32)
-    rstd = 1.0 / tl.sqrt(tl.sum(hf * hf, axis=1) / n_cols + eps)        # (ROWS,); no guard, as F.rms_norm
+    # hf - hf is 0, or NaN where h is NaN or ±inf: such a row is NaN throughout, as rms_norm.
+    rstd = 1.0 / tl.sqrt(tl.sum(hf * hf + (hf - hf), axis=1) / n_cols + eps)        # (ROWS,)
     w = tl.load(w_ptr + offs_c * stride_w, mask=col_ok, other=0.0).to(tl.float32)   # (BLOCK,) from L2
     out = hf * rstd[:, None] * w[None, :]
     tl.store(out_ptr + rows * stride_out + offs_c[None, :],
@@ -112,7 +113,7 @@ def _add_rms_norm_looped_kernel(x_ptr, res_ptr, w_ptr, h_ptr, out_ptr, n_cols,
         h = (x + r).to(h_ptr.dtype.element_ty)
         tl.store(h_ptr + row * stride_h + cols, h, mask=mask)
         hf = h.to(tl.float32)
-        acc += hf * hf
+        acc += hf * hf + (hf - hf)             # NaN for a NaN or ±inf entry, as above
     rstd = 1.0 / tl.sqrt(tl.sum(acc, axis=0) / n_cols + eps)                    # scalar
     # Pass 2: read x and residual again (often from L2) and recompute the same rounded h
     # rather than read back the h stored above (see the docstring), normalise, write once.

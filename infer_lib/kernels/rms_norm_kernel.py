@@ -14,13 +14,17 @@ may differ by one unit in the last place of fp16 or bf16 — well inside the tes
 ``rms_norm_ref`` below is the same formula in PyTorch, and the tests hold both to
 ``F.rms_norm``.
 
-Special values follow ``F.rms_norm`` exactly, through IEEE arithmetic with no guard:
+Special values: a row holding a NaN or a ±inf normalises to NaN in every entry. Its norm
+is not a number the row can be divided by, and zeros there would be a plausible-looking
+answer that hides the problem. That is what ``F.rms_norm`` returns on a GPU (PyTorch's
+fused CUDA kernel, measured with torch 2.11 on an H200); PyTorch's CPU composite instead
+gives NaN only at the ±inf entry and 0 in the rest of the row. The kernel adds ``x − x``
+(0 for a finite entry, NaN for NaN or ±inf) to each square, so the sum of squares is NaN
+for such a row: no branch, no extra pass. Otherwise IEEE arithmetic with no guard:
 
-* a NaN in a row makes its mean NaN, so the whole row is NaN;
-* a ±inf in a row makes ``mean(x²) = inf`` and ``1/√inf = 0``: the ±inf entry becomes
-  ``±inf · 0 = NaN`` and every finite entry 0;
 * a finite row whose squares overflow fp32 (entries beyond ~1.8e19, which fp32 and bf16 can
-  hold) behaves the same way, with no NaN: ``F.rms_norm`` squares in fp32 too;
+  hold) has ``mean(x²) = inf`` and ``1/√inf = 0``: a row of zeros, no NaN, as
+  ``F.rms_norm`` on either device (it squares in fp32 too);
 * a row of zeros gives zeros (``eps`` > 0 keeps ``1/√eps`` finite);
 * NaN or ±inf in ``w`` reaches its column of every row (``±inf · 0 = NaN`` where the
   normalised entry is 0).
@@ -57,9 +61,11 @@ MAX_FUSED_BLOCK = _tuning.NORM_MAX_FUSED_BLOCK
 
 
 def rms_norm_ref(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """RMSNorm over the last dim in fp32, cast back; NaN and ±inf behave as in ``F.rms_norm``."""
+    """RMSNorm over the last dim in fp32, cast back. A row holding NaN or ±inf is NaN
+    throughout, as ``F.rms_norm`` on a GPU."""
     xf = x.float()
-    rstd = torch.rsqrt(xf.square().mean(dim=-1, keepdim=True) + eps)   # 0 for a row holding ±inf
+    rstd = torch.rsqrt(xf.square().mean(dim=-1, keepdim=True) + eps)   # 0 where the squares overflow
+    rstd = rstd.masked_fill(~xf.isfinite().all(dim=-1, keepdim=True), float("nan"))
     return (xf * rstd * weight.float()).to(x.dtype)
 
 
@@ -81,8 +87,8 @@ def _rms_norm_kernel(x_ptr, w_ptr, out_ptr, n_rows, n_cols, stride_x, stride_out
     # 2026-11-26, https://github.com/triton-lang/triton/issues/11584; on the GPU it costs
     # nothing in a memory-bound kernel).
     x = tl.load(x_ptr + rows * stride_x + offs_c[None, :], mask=mask, other=0.0).to(tl.float32)
-    # No guard: NaN makes the row NaN, ±inf makes rstd 0, as F.rms_norm.
-    rstd = 1.0 / tl.sqrt(tl.sum(x * x, axis=1) / n_cols + eps)      # (ROWS,)
+    # x - x is 0, or NaN where x is NaN or ±inf: such a row's sum, and so the whole row, is NaN.
+    rstd = 1.0 / tl.sqrt(tl.sum(x * x + (x - x), axis=1) / n_cols + eps)      # (ROWS,)
     w = tl.load(w_ptr + offs_c * stride_w, mask=col_ok, other=0.0).to(tl.float32)   # (BLOCK,) from L2
     out = x * rstd[:, None] * w[None, :]
     tl.store(out_ptr + rows * stride_out + offs_c[None, :],
@@ -102,7 +108,7 @@ def _rms_norm_looped_kernel(x_ptr, w_ptr, out_ptr, n_cols, stride_x, stride_out,
     for start in range(0, n_cols, BLOCK):
         cols = start + offs
         x = tl.load(x_row + cols, mask=cols < n_cols, other=0.0).to(tl.float32)   # (BLOCK,)
-        acc += x * x
+        acc += x * x + (x - x)                 # NaN for a NaN or ±inf entry, as above
     rstd = 1.0 / tl.sqrt(tl.sum(acc, axis=0) / n_cols + eps)                    # scalar
     # Pass 2: read the row again (often from L2), normalise, write it once.
     for start in range(0, n_cols, BLOCK):
@@ -136,8 +142,8 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.
 
     ``weight`` is 1-D with one entry per column, of x's dtype and device; ``eps`` a finite
     positive number. Computes what ``torch.nn.functional.rms_norm(x, (d,), weight, eps)``
-    computes (fp32 inside, rounded once), NaN and ±inf included: a NaN makes its row NaN, a
-    ±inf becomes NaN and the rest of its row 0. The last dimension must have stride 1;
+    computes on a GPU (fp32 inside, rounded once), NaN and ±inf included: a row holding either
+    is NaN throughout. The last dimension must have stride 1;
     leading dimensions may be strided (rows are addressed through a row stride when they can
     be merged into one, and copied once otherwise).
     """
