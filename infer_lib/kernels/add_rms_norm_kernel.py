@@ -19,9 +19,9 @@ fp32 sum would be slightly more accurate, but it would not be the norm of the ``
 next block sees. In fp16 a sum beyond 65504 rounds to ±inf, so its row's norm is NaN
 throughout, as for any row holding ±inf (below).
 
-Special values follow the unfused PyTorch ops on a GPU (``torch.add``, then
-``F.rms_norm``; see ``rms_norm_kernel``): ``h`` is the IEEE sum (``inf + (-inf) = NaN``),
-and ``out`` is RMSNorm of that ``h`` — a row of ``h`` holding NaN or ±inf is NaN throughout.
+Special values: ``h`` is the IEEE sum, as ``torch.add`` (``inf + (-inf) = NaN``), and
+``out`` is ``rms_norm`` of that ``h`` — a row of ``h`` holding NaN or ±inf is NaN throughout
+(``rms_norm_kernel``'s rule, where PyTorch's ``F.rms_norm`` depends on the device and width).
 
 Memory traffic: the minimum is reading ``x`` and ``residual`` once and writing ``h`` and
 ``out`` once, ``4 · rows · d · element_size`` bytes (plus ``d`` entries of ``w`` per

@@ -16,9 +16,10 @@ may differ by one unit in the last place of fp16 or bf16 — well inside the tes
 
 Special values: a row holding a NaN or a ±inf normalises to NaN in every entry. Its norm
 is not a number the row can be divided by, and zeros there would be a plausible-looking
-answer that hides the problem. That is what ``F.rms_norm`` returns on a GPU (PyTorch's
-fused CUDA kernel, measured with torch 2.11 on an H200); PyTorch's CPU composite instead
-gives NaN only at the ±inf entry and 0 in the rest of the row. The kernel adds ``x − x``
+answer that hides the problem. PyTorch is not consistent here: ``F.rms_norm`` makes such a
+row NaN on a GPU at some widths (9, 1025, 20001 with torch 2.11 on an H200), while at others
+(4096, 16384, 70000), and on the CPU, it puts NaN only at the ±inf entry and 0 in the rest
+of the row; this kernel gives the whole-row NaN everywhere. It adds ``x − x``
 (0 for a finite entry, NaN for NaN or ±inf) to each square, so the sum of squares is NaN
 for such a row: no branch, no extra pass. Otherwise IEEE arithmetic with no guard:
 
@@ -62,7 +63,7 @@ MAX_FUSED_BLOCK = _tuning.NORM_MAX_FUSED_BLOCK
 
 def rms_norm_ref(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """RMSNorm over the last dim in fp32, cast back. A row holding NaN or ±inf is NaN
-    throughout, as ``F.rms_norm`` on a GPU."""
+    throughout (the kernel's rule; see the module docstring)."""
     xf = x.float()
     rstd = torch.rsqrt(xf.square().mean(dim=-1, keepdim=True) + eps)   # 0 where the squares overflow
     rstd = rstd.masked_fill(~xf.isfinite().all(dim=-1, keepdim=True), float("nan"))
@@ -142,8 +143,8 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.
 
     ``weight`` is 1-D with one entry per column, of x's dtype and device; ``eps`` a finite
     positive number. Computes what ``torch.nn.functional.rms_norm(x, (d,), weight, eps)``
-    computes on a GPU (fp32 inside, rounded once), NaN and ±inf included: a row holding either
-    is NaN throughout. The last dimension must have stride 1;
+    computes (fp32 inside, rounded once), except that a row holding NaN or ±inf is NaN
+    throughout (where PyTorch, at some widths, gives 0 beside a ±inf: module docstring). The last dimension must have stride 1;
     leading dimensions may be strided (rows are addressed through a row stride when they can
     be merged into one, and copied once otherwise).
     """
