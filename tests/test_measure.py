@@ -15,8 +15,8 @@ import torch
 
 from infer_lib import device, measure
 from infer_lib.bench import core as bench_core
-from infer_lib.experiments import (attention_sweep, bottlenecks, ceilings, decode, fusion, kv_cache,
-                                   prefill_decode, tensor_cores)
+from infer_lib.experiments import (attention_sweep, bottlenecks, ceilings, decode, fusion, gqa_quality,
+                                   kv_cache, prefill_decode, tensor_cores)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -191,9 +191,10 @@ VALIDATORS = {
 #: demands the file (test_pending_topics_have_no_file_yet says when)
 PENDING = {
     "tensor_cores": tensor_cores.validate,
+    "gqa_quality": lambda doc: measure.validate(doc, gqa_quality.SCHEMA),
 }
 #: topics whose first measurement came after the H100 run: shipped for the later GPUs only
-SINCE_H200 = {"decode", "kv_cache", "prefill_decode", "tensor_cores", "fusion"}
+SINCE_H200 = {"decode", "kv_cache", "prefill_decode", "tensor_cores", "fusion", "gqa_quality"}
 SHIPPED = sorted(measure.data_dir().glob("*.json"))
 
 

@@ -1,6 +1,7 @@
 """Training the course model: byte tokens, the shipped corpus (checksum, split), the batch
-sampler, the learning-rate schedule, a loop that learns, checkpoints that round-trip and the
-command line. Tiny configs and a few steps: seconds on the CPU."""
+sampler, the learning-rate schedule, a loop that learns, continuing to train a given model
+(uptraining), checkpoints that round-trip (bf16 ones too) and the command line. Tiny configs
+and a few steps: seconds on the CPU."""
 
 import dataclasses
 import importlib
@@ -9,9 +10,11 @@ import lzma
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
+from conftest import random_model
 from infer_lib import device
-from infer_lib.model import PRESETS, ModelConfig
+from infer_lib.model import PRESETS, ModelConfig, Transformer, to_gqa
 
 # the module, even where the package exports a function named `train`
 T = importlib.import_module("infer_lib.model.train")
@@ -139,11 +142,88 @@ def test_evaluate_and_save_load_give_identical_logits(corpus, tmp_path):
     assert T.evaluate(loaded, corpus.held_out, seq_len=16, batch_size=4, max_tokens=64) == result
 
 
-def test_command_line_writes_checkpoint_and_log(tmp_path):
+# -- continuing a given model (uptraining) -----------------------------------------------------
+
+
+def test_training_continues_a_given_model(corpus):
+    model = random_model("tiny-mha").to(DEV)            # eval mode, no gradients, as loaded
+    config, before = model.config, {k: v.clone() for k, v in model.state_dict().items()}
+    trained, log = T.train(None, 3, batch_size=2, seq_len=16, model=model, data=corpus.train,
+                           log_every=1, device=DEV)
+    assert trained is model and model.config is config            # in place, config kept
+    assert model.training and all(p.requires_grad for p in model.parameters())
+    assert [e["step"] for e in log] == [1, 2, 3]
+    assert all(torch.isfinite(torch.tensor(e["loss"])) for e in log)
+    after = model.state_dict()
+    for k in ("layers.0.self_attn.k_proj.weight", "layers.1.mlp.down_proj.weight", "norm.weight"):
+        assert not torch.equal(after[k], before[k]), k                        # trained
+    # not re-initialised: a step too small to move a weight leaves every one where it was
+    model = random_model("tiny-mha").to(DEV)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    T.train(model.config, 1, 2, 16, lr=1e-12, model=model, data=corpus.train, device=DEV)
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, before[k], atol=1e-6, rtol=0, msg=lambda m: f"{k}: {m}")
+
+
+def test_a_converted_model_uptrains(corpus):
+    model = to_gqa(random_model("tiny-mha").to(DEV), 1)
+    model.backend = "reference"                  # training runs TRAIN_BACKEND, and leaves it set
+    _, log = T.train(None, 2, 2, 16, model=model, data=corpus.train, log_every=1, device=DEV)
+    assert model.config.n_kv_heads == 1 and model.layers[0].self_attn.k_proj.weight.shape[0] == 16
+    assert model.backend == T.TRAIN_BACKEND and torch.isfinite(torch.tensor(log[-1]["loss"]))
+
+
+def test_continuing_refuses_what_it_cannot_train(corpus):
+    model = random_model("tiny-mha")
+    with pytest.raises(ValueError, match="differs from the given model's config"):
+        T.train(PRESETS["tiny"], 1, 1, 8, model=model, data=corpus.train)
+    with pytest.raises(ValueError, match="give a config to train a fresh model, or model="):
+        T.train(None, 1, 1, 8, data=corpus.train)
+    with pytest.raises(ValueError, match="model's weights are bfloat16, but training keeps fp32"):
+        T.train(None, 1, 1, 8, model=random_model("tiny-mha").to(torch.bfloat16), data=corpus.train)
+    with pytest.raises(TypeError, match="model must be an infer_lib.model.Transformer, got dict"):
+        T.train(None, 1, 1, 8, model={}, data=corpus.train)
+
+
+# -- bf16 checkpoints -------------------------------------------------------------------------
+
+
+def test_bf16_checkpoint_round_trips_to_fp32(tmp_path):
+    model = random_model("tiny")                       # fp32, tied head
+    T.save(model, tmp_path / "fp32")
+    T.save(model, tmp_path / "bf16", torch.bfloat16)
+    assert all(p.dtype == torch.float32 for p in model.parameters())          # not changed
+    stored = load_file(tmp_path / "bf16" / "model.safetensors")
+    assert {t.dtype for t in stored.values()} == {torch.bfloat16}
+    assert json.loads((tmp_path / "bf16" / "config.json").read_text())["torch_dtype"] == "bfloat16"
+    sizes = {d: (tmp_path / d / "model.safetensors").stat().st_size for d in ("fp32", "bf16")}
+    assert sizes["bf16"] < 0.52 * sizes["fp32"]
+    loaded = T.load(tmp_path / "bf16")
+    assert loaded.config == model.config and loaded.lm_head.weight is loaded.embed_tokens.weight
+    for k, v in loaded.state_dict().items():          # fp32 again, the weights rounded once
+        assert v.dtype == torch.float32
+        assert torch.equal(v, model.state_dict()[k].to(torch.bfloat16).float()), k
+    assert T.load(tmp_path / "bf16", dtype=torch.bfloat16).norm.weight.dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="dtype must be a floating-point torch.dtype"):
+        T.save(model, tmp_path / "int", torch.int8)
+
+
+def test_course_model_checkpoint_is_about_10_mb_in_bf16(tmp_path):
+    config = ModelConfig.from_preset("course-mha")
+    T.save(Transformer(config), tmp_path, torch.bfloat16)
+    size = (tmp_path / "model.safetensors").stat().st_size
+    assert 2 * config.num_params() <= size < 2 * config.num_params() + 100_000, size
+
+
+# -- the command line -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("save_dtype", [None, "float32"])
+def test_command_line_writes_checkpoint_and_log(tmp_path, save_dtype):
     out = tmp_path / "run"
     doc = T.main(["--out-dir", str(out), "--steps", "2", "--preset", "tiny-mha", "--n-kv-heads", "2",
                   "--batch-size", "2", "--seq-len", "16", "--log-every", "1", "--eval-tokens", "32",
-                  "--device", str(DEV)])
+                  "--device", str(DEV), *(["--save-dtype", save_dtype] if save_dtype else [])])
     assert {p.name for p in out.iterdir()} == {"config.json", "model.safetensors", T.LOG_FILE}
     log = json.loads((out / T.LOG_FILE).read_text())
     assert log == json.loads(json.dumps(doc))
@@ -152,3 +232,11 @@ def test_command_line_writes_checkpoint_and_log(tmp_path):
     assert [e["step"] for e in log["log"]] == [1, 2] and log["eval"]["tokens"] == 32
     assert log["config"]["num_key_value_heads"] == 2
     assert T.load(out).config == dataclasses.replace(PRESETS["tiny-mha"], n_kv_heads=2)
+    expected = save_dtype or "bfloat16"                              # the default
+    assert log["save_dtype"] == log["args"]["save_dtype"] == expected
+    assert {t.dtype for t in load_file(out / "model.safetensors").values()} \
+        == {T.SAVE_DTYPES[expected]}
+    assert log["checkpoint_bytes"] == (out / "model.safetensors").stat().st_size
+    assert log["eval_saved"] == T.evaluate(T.load(out, device=DEV), seq_len=16, max_tokens=32)
+    if expected == "float32":                       # the weights as trained: the same loss
+        assert log["eval_saved"] == log["eval"]

@@ -242,22 +242,34 @@ def from_pretrained(path, dtype: torch.dtype = torch.float32, device=None,
 # -- saving -----------------------------------------------------------------------------------
 
 
-def save_pretrained(model: Transformer, path, max_shard_bytes: int | None = None) -> None:
+def save_pretrained(model: Transformer, path, max_shard_bytes: int | None = None,
+                    dtype: torch.dtype | None = None) -> None:
     """Write ``model`` as a Hugging Face Llama checkpoint: ``config.json`` and
     ``model.safetensors``, or shards of at most ``max_shard_bytes`` each (a tensor
     larger than that gets a shard of its own) with ``model.safetensors.index.json``.
 
+    ``dtype``: the floating-point dtype the tensors are written in (default: the model's
+    own), e.g. ``torch.bfloat16`` for half the bytes of fp32 weights; ``config.json``'s
+    ``torch_dtype`` says which. The model itself is not changed.
+
     Weight files a previous save left in ``path`` under these names are removed
     first, so a directory never mixes two saves."""
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise ValueError(f"save_pretrained: dtype must be a floating-point torch.dtype "
+                         f"(torch.float32, torch.bfloat16, …), got {dtype!r}")
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     for old in [path / INDEX_FILE, path / SINGLE_FILE, *path.glob("model-*-of-*.safetensors")]:
         old.unlink(missing_ok=True)
     config = model.config
-    state = {hf_name(n): t.detach().cpu().contiguous() for n, t in model.state_dict().items()}
+    state = {}
+    for n, t in model.state_dict().items():
+        cast = dtype is not None and t.is_floating_point()
+        t = t.detach().to("cpu", dtype) if cast else t.detach().cpu()
+        state[hf_name(n)] = t.contiguous()
     if config.tie_embeddings:
         del state["lm_head.weight"]              # the embedding; safetensors refuses shared tensors
-    dtype = model.embed_tokens.weight.dtype
+    dtype = model.embed_tokens.weight.dtype if dtype is None else dtype
     (path / CONFIG_FILE).write_text(json.dumps(config_to_hf(config, dtype), indent=2) + "\n")
     metadata = {"format": "pt"}
     total = sum(t.numel() * t.element_size() for t in state.values())

@@ -18,11 +18,15 @@ trained model; the test machines cannot download one, so the course trains its o
   cosine decay of the learning rate, gradient clipping, random windows of the training
   text (``sample_batch``, a seeded generator: the same seed gives the same batches).
   On a GPU the forward and backward run under bf16 autocast (weights and optimizer state
-  stay fp32); on the CPU everything is fp32.
+  stay fp32); on the CPU everything is fp32. ``train(..., model=m)`` continues training an
+  existing model with the same loop instead of a fresh one: the *uptraining* of a model
+  converted to GQA (``gqa.to_gqa``; ``infer_lib.experiments.gqa_quality``).
 * **evaluation** — ``evaluate``: mean cross-entropy over consecutive windows of the held-out
   text, in nats per token, and the perplexity ``exp(loss)``.
 * **checkpoints** — ``save``/``load``: Hugging Face Llama layout in safetensors
-  (``infer_lib.model.checkpoint``), so a trained model loads like any public one.
+  (``infer_lib.model.checkpoint``), so a trained model loads like any public one. The
+  command line saves bf16 weights by default (``--save-dtype``: half the bytes, about
+  10 MB for ``course-mha``); ``load`` gives fp32 weights back, to evaluate or train further.
 
 Attention backend: training needs gradients, and the Triton kernels refuse inputs that
 require grad (they are inference kernels, their outputs carry no graph), so the model is
@@ -30,7 +34,8 @@ trained with the ``"sdpa"`` backend (``torch.nn.functional.scaled_dot_product_at
 which has a backward). A loaded model can then run any backend.
 
 From the command line (writes ``model.safetensors``, ``config.json`` and ``train_log.json``,
-the log with its provenance)::
+the log with its provenance, the held-out loss of the model as trained (``eval``) and of the
+checkpoint as saved (``eval_saved``: the weights rounded to ``--save-dtype``))::
 
     python -m infer_lib.model.train --out-dir runs/mha --steps 2000
     python -m infer_lib.model.train --out-dir runs/gqa2 --steps 2000 --n-kv-heads 2
@@ -54,7 +59,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import config_to_hf, from_pretrained, save_pretrained
+from .checkpoint import SINGLE_FILE, config_to_hf, from_pretrained, save_pretrained
 from .config import ModelConfig
 from .layers import Transformer
 
@@ -194,42 +199,76 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def train(config: ModelConfig, steps: int, batch_size: int = 64, seq_len: int = 512, lr: float = 2e-3,
-          *, warmup: int | None = None, min_lr_ratio: float = 0.1, weight_decay: float = 0.1,
-          betas: tuple[float, float] = (0.9, 0.95), grad_clip: float = 1.0, data: torch.Tensor | None = None,
-          fixed_batch: bool = False, log_every: int = 10, device=None, seed: int = 0,
-          ) -> tuple[Transformer, list[dict]]:
+def default_warmup(steps: int) -> int:
+    """The warmup ``train`` uses unless told: a tenth of the steps, at most 200."""
+    return min(200, steps // 10)
+
+
+def train(config: ModelConfig | None, steps: int, batch_size: int = 64, seq_len: int = 512,
+          lr: float = 2e-3, *, model: Transformer | None = None, warmup: int | None = None,
+          min_lr_ratio: float = 0.1, weight_decay: float = 0.1,
+          betas: tuple[float, float] = (0.9, 0.95), grad_clip: float = 1.0,
+          data: torch.Tensor | None = None, fixed_batch: bool = False, log_every: int = 10,
+          device=None, seed: int = 0) -> tuple[Transformer, list[dict]]:
     """Train a fresh ``Transformer(config)`` for ``steps`` steps of ``batch_size`` windows of
     ``seq_len`` tokens. Returns the model (train mode, on ``device``) and the log: one dict
     per ``log_every`` steps (and the last) with ``step`` (steps done), ``loss`` (mean training
     loss over those steps, nats/token), ``lr`` and ``tokens_per_s`` (wall clock on ``device``
     — on the CPU a CPU timing, nothing to compare with a GPU).
 
+    ``model``: continue training this model instead (uptraining): it is not re-initialised,
+    its config is used (``config`` may be ``None``, or must equal ``model.config``), and it is
+    trained in place with the same optimiser, schedule and log as a fresh one (a new AdamW
+    state, a new warmup). Its weights must be fp32 (``load`` gives fp32); it is moved to
+    ``device``, gets gradients and the ``TRAIN_BACKEND`` backend, and is returned in train
+    mode, as a fresh one is (set ``model.backend`` to run another backend afterwards).
+
     ``data``: the training tokens (default ``load_corpus().train``). ``fixed_batch=True`` trains
     on one batch every step: a check that the loop can learn (the loss must fall).
-    ``warmup`` defaults to a tenth of the steps, at most 200. ``seed`` fixes the
-    initialisation and the batches. The attention backend is ``"sdpa"`` (``TRAIN_BACKEND``).
+    ``warmup`` defaults to a tenth of the steps, at most 200 (``default_warmup``). ``seed``
+    fixes the initialisation and the batches. The attention backend is ``"sdpa"``
+    (``TRAIN_BACKEND``).
     """
+    if model is not None:
+        if not isinstance(model, Transformer):
+            raise TypeError(f"train: model must be an infer_lib.model.Transformer, got "
+                            f"{type(model).__name__}")
+        if config is not None and config != model.config:
+            raise ValueError(f"train: config {config} differs from the given model's config "
+                             f"{model.config}; pass config=None to continue training the model")
+        config = model.config
+        dtypes = sorted({str(p.dtype).removeprefix("torch.") for p in model.parameters()})
+        if dtypes != ["float32"]:
+            raise ValueError(f"train: the model's weights are {', '.join(dtypes)}, but training "
+                             "keeps fp32 weights (and uses bf16 autocast on a GPU): load it with "
+                             "dtype=torch.float32 (the default of load) or call model.float()")
+    elif config is None:
+        raise ValueError("train: give a config to train a fresh model, or model= to continue one")
     _check_vocab(config)
     for name, value in (("steps", steps), ("batch_size", batch_size), ("seq_len", seq_len)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be an integer ≥ 1, got {value!r}")
     if seq_len > config.max_seq_len:
-        raise ValueError(f"seq_len={seq_len} is longer than the model's max_seq_len={config.max_seq_len}")
+        raise ValueError(f"seq_len={seq_len} is longer than the model's "
+                         f"max_seq_len={config.max_seq_len}")
     if not (math.isfinite(lr) and lr > 0):
         raise ValueError(f"lr must be a finite positive number, got {lr!r}")
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device is None else device)
-    warmup = min(200, steps // 10) if warmup is None else warmup
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device is None
+                          else device)
+    warmup = default_warmup(steps) if warmup is None else warmup
     data = load_corpus().train if data is None else data
 
-    torch.manual_seed(seed)
-    model = Transformer(config, backend=TRAIN_BACKEND)
-    init_weights(model)
-    model.to(device).train()
+    if model is None:
+        torch.manual_seed(seed)
+        model = Transformer(config, backend=TRAIN_BACKEND)
+        init_weights(model)
+    model.backend = TRAIN_BACKEND
+    model.to(device).train().requires_grad_(True)
     decay = [p for p in model.parameters() if p.dim() >= 2]       # matrices (the tied one once)
     no_decay = [p for p in model.parameters() if p.dim() < 2]     # norm weights
     optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        [{"params": decay, "weight_decay": weight_decay},
+         {"params": no_decay, "weight_decay": 0.0}],
         lr=lr, betas=betas, fused=device.type == "cuda")
     generator = torch.Generator().manual_seed(seed)
     batch = sample_batch(data, batch_size, seq_len, generator, device) if fixed_batch else None
@@ -301,15 +340,23 @@ def evaluate(model: Transformer, held_out: torch.Tensor | None = None, seq_len: 
 # -- checkpoints ------------------------------------------------------------------------------
 
 
-def save(model: Transformer, path) -> None:
+#: the dtypes the command line saves weights in (``--save-dtype``)
+SAVE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def save(model: Transformer, path, dtype: torch.dtype | None = None) -> None:
     """Write ``model`` to the directory ``path`` as a Hugging Face Llama checkpoint
-    (``config.json``, ``model.safetensors``; ``checkpoint.save_pretrained``)."""
-    save_pretrained(model, path)
+    (``config.json``, ``model.safetensors``; ``checkpoint.save_pretrained``), its weights in
+    ``dtype`` (default: the model's own; ``torch.bfloat16`` halves the file of an fp32 model).
+    The model is not changed."""
+    save_pretrained(model, path, dtype=dtype)
 
 
-def load(path, device=None, dtype: torch.dtype = torch.float32, backend: str = "sdpa") -> Transformer:
-    """Load a model ``save`` wrote (``checkpoint.from_pretrained``: eval mode, no gradients;
-    ``.requires_grad_(True)`` to train it further)."""
+def load(path, device=None, dtype: torch.dtype = torch.float32,
+         backend: str = "sdpa") -> Transformer:
+    """Load a model ``save`` wrote (``checkpoint.from_pretrained``: eval mode, no gradients),
+    its weights in ``dtype`` whatever dtype they were saved in: fp32 by default, what
+    ``evaluate`` and ``train(..., model=...)`` want."""
     return from_pretrained(path, dtype=dtype, device=device, backend=backend)
 
 
@@ -340,6 +387,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--eval-tokens", type=int, default=None,
                         help="held-out tokens to evaluate on (default: all of them)")
     parser.add_argument("--eval-batch-size", type=int, default=32)
+    parser.add_argument("--save-dtype", choices=sorted(SAVE_DTYPES), default="bfloat16",
+                        help="dtype of the saved weights (default bfloat16: half the bytes; "
+                             "training keeps fp32 weights either way)")
     args = parser.parse_args(argv)
 
     config = ModelConfig.from_preset(args.preset)
@@ -358,7 +408,10 @@ def main(argv=None) -> dict:
     _sync(device)
     train_s = time.perf_counter() - start
     result = evaluate(model, corpus.held_out, seq_len, args.eval_batch_size, args.eval_tokens)
-    save(model, args.out_dir)
+    save(model, args.out_dir, SAVE_DTYPES[args.save_dtype])
+    # the checkpoint as a loader gets it: weights rounded to the save dtype, back in fp32
+    saved = evaluate(load(args.out_dir, device=device), corpus.held_out, seq_len,
+                     args.eval_batch_size, args.eval_tokens)
     doc = {
         "provenance": measure.provenance(),
         "device": str(device),
@@ -373,10 +426,15 @@ def main(argv=None) -> dict:
         "train_s": train_s,
         "log": log,
         "eval": result,
+        "save_dtype": args.save_dtype,
+        "checkpoint_bytes": (args.out_dir / SINGLE_FILE).stat().st_size,
+        "eval_saved": saved,
     }
     (args.out_dir / LOG_FILE).write_text(json.dumps(doc, indent=1) + "\n")
     print(f"{args.steps} steps in {train_s:.1f} s on {device} ({precision(device)}); held-out loss "
-          f"{result['loss']:.4f} nats/token, perplexity {result['perplexity']:.3f} → {args.out_dir}")
+          f"{result['loss']:.4f} nats/token, perplexity {result['perplexity']:.3f}; saved in "
+          f"{args.save_dtype} ({doc['checkpoint_bytes'] / 1e6:.1f} MB, held-out loss "
+          f"{saved['loss']:.4f}) → {args.out_dir}")
     return doc
 
 
