@@ -34,11 +34,14 @@ def _shapes(smoke: bool) -> list[tuple[int, int]]:
 
 
 def _peers(name: str, fn, *args) -> list:
-    """The eager composition, and on a GPU its ``torch.compile`` (never on the CPU, where
-    Inductor would compile C++ for minutes for a plumbing test)."""
+    """The eager composition, and on a GPU its ``torch.compile`` with static shapes (never on
+    the CPU, where Inductor would compile C++ for minutes for a plumbing test)."""
     peers = [(name, lambda: fn(*args))]
     if device.HAS_GPU:
-        compiled = torch.compile(fn)
+        # Static shapes: each case compiles its own kernel. (With the default, the second shape
+        # of the same function recompiles it with dynamic sizes, a slower generic kernel for a
+        # reduction: an unfair peer — seen at bd192a9, H200, 2026-12-02.)
+        compiled = torch.compile(fn, dynamic=False, fullgraph=True)
         peers.append((f"torch.compile({name})", lambda: compiled(*args)))
     return peers
 
