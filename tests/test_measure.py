@@ -16,7 +16,7 @@ import torch
 from infer_lib import device, measure
 from infer_lib.bench import core as bench_core
 from infer_lib.experiments import (attention_sweep, bottlenecks, ceilings, decode, fusion, gqa_quality,
-                                   kv_cache, prefill_decode, tensor_cores)
+                                   gqa_speed, kv_cache, prefill_decode, tensor_cores)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -192,9 +192,10 @@ VALIDATORS = {
 #: demands the file (test_pending_topics_have_no_file_yet says when)
 PENDING = {
     "tensor_cores": tensor_cores.validate,
+    "gqa_speed": lambda doc: measure.validate(doc, gqa_speed.SCHEMA),
 }
 #: topics whose first measurement came after the H100 run: shipped for the later GPUs only
-SINCE_H200 = {"decode", "kv_cache", "prefill_decode", "tensor_cores", "fusion", "gqa_quality"}
+SINCE_H200 = {"decode", "kv_cache", "prefill_decode", "tensor_cores", "fusion", "gqa_quality", "gqa_speed"}
 SHIPPED = sorted(measure.data_dir().glob("*.json"))
 
 
