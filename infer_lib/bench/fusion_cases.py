@@ -38,9 +38,9 @@ def _peers(name: str, fn, *args) -> list:
     the CPU, where Inductor would compile C++ for minutes for a plumbing test)."""
     peers = [(name, lambda: fn(*args))]
     if device.HAS_GPU:
-        # Static shapes: each case compiles its own kernel. (With the default, the second shape
-        # of the same function recompiles it with dynamic sizes, a slower generic kernel for a
-        # reduction: an unfair peer — seen at bd192a9, H200, 2026-12-02.)
+        # Static shapes: each case compiles its own kernel. With the defaults (bd192a9, H200,
+        # 2026-12-02) the norms' peer ran at 0.5-0.65 of copy from its second shape on, most
+        # likely recompiled with symbolic sizes (automatic dynamic shapes): an unfair peer.
         compiled = torch.compile(fn, dynamic=False, fullgraph=True)
         peers.append((f"torch.compile({name})", lambda: compiled(*args)))
     return peers
