@@ -276,6 +276,19 @@ class PrefillDecodeSizes:
 
 
 @dataclass(frozen=True)
+class GqaSpeedSizes:
+    """Chapter 7's live measurement (``experiments.gqa_speed.attention_record``): one decoding
+    step of attention for ``batch`` sequences of ``context`` tokens, ``heads`` query heads of
+    ``head_dim``, at each K/V head count of ``kv_heads`` (MHA first, MQA last)."""
+
+    batch: int
+    heads: int
+    head_dim: int
+    context: int
+    kv_heads: tuple[int, ...]
+
+
+@dataclass(frozen=True)
 class Profile:
     """Problem sizes for notebooks, experiments and tests: tiny on the CPU, realistic on a GPU.
 
@@ -298,6 +311,8 @@ class Profile:
     attention: AttentionSizes
     #: chapter 5's live sweep on the model; None where nothing is timed (the CPU)
     prefill_decode: PrefillDecodeSizes | None = None
+    #: chapter 7's live decode attention against the K/V heads; None where nothing is timed
+    gqa_speed: GqaSpeedSizes | None = None
 
 
 def _pow2_range(lo: int, hi: int) -> tuple[int, ...]:
@@ -342,6 +357,9 @@ PROFILES: dict[str, Profile] = {
             steps_S=2048, softmax_widths=_SOFTMAX_WIDTHS, softmax_bytes=2**26),
         prefill_decode=PrefillDecodeSizes("llama-3.2-1b", lengths=(128, 512, 2048),
                                           batches=(1, 4, 16, 64), context=512),
+        # the bench's shape (B = 16, H = 32, D = 128, 4k tokens): 1 GiB of MHA cache in 16-bit
+        gqa_speed=GqaSpeedSizes(batch=16, heads=32, head_dim=128, context=4096,
+                                kv_heads=(32, 8, 1)),
     ),
     # 40 GB and up (A100, H100, H200, B200).
     "gpu-large": Profile(
@@ -357,6 +375,8 @@ PROFILES: dict[str, Profile] = {
             steps_S=4096, softmax_widths=_SOFTMAX_WIDTHS, softmax_bytes=2**28),
         prefill_decode=PrefillDecodeSizes("llama-3.2-1b", lengths=(128, 512, 2048, 8192),
                                           batches=(1, 8, 64, 256), context=512),
+        gqa_speed=GqaSpeedSizes(batch=16, heads=32, head_dim=128, context=4096,
+                                kv_heads=(32, 16, 8, 4, 2, 1)),
     ),
 }
 

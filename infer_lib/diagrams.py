@@ -15,6 +15,8 @@ book's column (7 inches, about 700 px wide; no text under 9 pt):
   one column per step, and what each reads from HBM (chapter 5);
 * ``split_kv_decode(...)`` — split-KV decode attention: one sequence's keys cut into chunks,
   each a program writing partial results, and the combine that merges them (chapter 6).
+* ``kv_head_groups(...)`` — multi-head, grouped-query and multi-query attention: which K/V head
+  each query head reads, and what is cached (chapter 7).
 
 ``spec`` is a row of ``infer_lib.hardware.SPECS``, its key, or ``None`` for the
 H100 SXM. Every number drawn comes from that row or from ``SM_FACTS`` /
@@ -55,7 +57,7 @@ from .hardware import (GPUSpec, _ADA_WHITEPAPER, _AMPERE_WHITEPAPER, _HOPPER_WHI
 
 __all__ = ["PALETTE", "SM_FACTS", "SHARED_MEMORY_BANKS", "SMFacts", "sm", "memory_hierarchy",
            "node", "tiled_matmul", "grouped_pid_to_tile", "flash_attention_loop", "prefill_decode",
-           "split_kv_decode"]
+           "split_kv_decode", "kv_head_groups"]
 
 #: The GPU drawn when no spec is given: the course's reference GPU.
 DEFAULT_GPU = "h100_sxm"
@@ -1227,5 +1229,87 @@ def split_kv_decode(S: int = 4096, num_splits: int = 4, group: int = 4) -> Figur
     for k, line in enumerate(formula):
         ax.text(W / 2, y - (k + 0.5) * _LINE, line, ha="center", va="center", fontsize=_FS,
                 family="monospace")
+    _caption(ax, caption)
+    return fig
+
+
+# ----------------------------------------------------------------------------
+# 8. From multi-head to multi-query attention
+# ----------------------------------------------------------------------------
+
+def _fraction(n: int, d: int) -> str:
+    """``n / d`` in lowest terms, as drawn: '1', '1/4'."""
+    g = math.gcd(n, d)
+    n, d = n // g, d // g
+    return f"{n}" if d == 1 else f"{n}/{d}"
+
+
+def kv_head_groups(H: int = 8, kv_heads: tuple[int, ...] = (8, 2, 1)) -> Figure:
+    """Which key/value head each query head reads, from multi-head to multi-query attention
+    (chapter 7). One row per entry of ``kv_heads`` (each a divisor of ``H``, at most 4 rows):
+    the ``H`` query heads on top (``q0``, ``q1``, … — numbers only where the boxes are narrow),
+    the ``H_kv`` K/V heads under them, each as wide as the group
+    of ``G = H / H_kv`` consecutive query heads it serves (query head ``h`` reads K/V head
+    ``h // G``, as ``model.layers.Attention`` and ``kernels.decode_attention`` index them), and
+    beside each row what is cached: ``H_kv`` keys and values per layer and token, ``H_kv / H``
+    of multi-head attention's. ``H`` is at most 16, so that every head keeps its label.
+    No hardware figures."""
+    _check_positive(H=H)
+    if H > 16:
+        raise ValueError(f"H must be at most 16 (one labelled box per query head), got {H}")
+    if not isinstance(kv_heads, (tuple, list)) or not 1 <= len(kv_heads) <= 4:
+        raise ValueError(f"kv_heads must be a tuple of 1 to 4 head counts, got {kv_heads!r}")
+    for n in kv_heads:
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1 or H % n:
+            raise ValueError(f"every entry of kv_heads must divide H={H}, got {n!r}")
+    caption = ("Query head h reads K/V head h // G, G = H / H_kv: a K/V head serves a block of "
+               "consecutive query heads (infer_lib.model.layers.Attention, "
+               "infer_lib.kernels.decode_attention). The query projections and the attention "
+               "FLOPs are the same in every row; the keys and values cached shrink by G. "
+               "No hardware figures.")
+    n_caption = len(textwrap.wrap(caption, _CAPTION_CHARS))
+    W = 7.0
+    row_h = 1.25
+    H_fig = 0.75 + len(kv_heads) * row_h + 0.1 + n_caption * _LINE + 0.2
+    fig, ax = _canvas(W, H_fig)
+    ax.text(W / 2, H_fig - 0.22, "From multi-head to multi-query attention", ha="center",
+            va="center", fontsize=_FS_TITLE, weight="bold")
+    ax.text(W / 2, H_fig - 0.22 - 1.4 * _LINE, f"H = {H} query heads; each row shares fewer "
+            "key/value heads among them", ha="center", va="center", fontsize=_FS)
+    x0, x1 = 0.3, 4.25                      # the heads; the text goes right of x1
+    gap = 0.04
+    cell = (x1 - x0) / H
+    box_h = 0.32
+    y = H_fig - 0.75
+    for n in kv_heads:
+        G = H // n
+        name = "MHA" if n == H else ("MQA" if n == 1 else f"GQA-{n}")
+        q_top = y - 0.08
+        kv_top = q_top - box_h - 0.42
+        for h in range(H):
+            _box(ax, x0 + h * cell + gap / 2, q_top - box_h, cell - gap, box_h, "compute",
+                 None, [f"q{h}" if cell >= 0.4 else f"{h}"], rounding=0.03,
+                 gid=f"{name} q{h}")
+        for j in range(n):
+            kx = x0 + j * G * cell + gap / 2
+            _box(ax, kx, kv_top - box_h, G * cell - gap, box_h, "hbm", None,
+                 [f"{j}" if G * cell < 0.4 else f"kv{j}" if G * cell < 0.9 else f"K, V head {j}"],
+                 rounding=0.03,
+                 gid=f"{name} kv{j}")
+            for h in range(j * G, (j + 1) * G):
+                _add(ax, FancyArrowPatch((x0 + (h + 0.5) * cell, kv_top),
+                                         (x0 + (h + 0.5) * cell, q_top - box_h),
+                                         arrowstyle="-|>,head_width=0.12,head_length=0.18",
+                                         mutation_scale=10, color=_GREY, lw=0.9, shrinkA=0,
+                                         shrinkB=0, zorder=1, gid=f"{name} q{h} reads kv{j}"))
+        tx = x1 + 0.2
+        lines = (f"H_kv = {n} K/V heads, G = {G}",
+                 f"caches {n} K + {n} V per layer",
+                 "KV cache: all of MHA's" if n == H else f"KV cache: {_fraction(n, H)} of MHA's")
+        ax.text(tx, q_top - 0.5 * _LINE, f"{name}", ha="left", va="center", fontsize=_FS,
+                weight="bold")
+        for i, line in enumerate(lines):
+            ax.text(tx, q_top - (1.5 + i) * _LINE, line, ha="left", va="center", fontsize=_FS)
+        y -= row_h
     _caption(ax, caption)
     return fig

@@ -117,3 +117,16 @@ def test_numba_cuda_imported_first_is_warned_about():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert "numba.cuda was imported before infer_lib" in out.stderr and "restart" in out.stderr
     assert out.stdout.split() == ["0"]   # too late: numba.cuda already chose the driver
+
+
+@pytest.mark.parametrize("name", sorted(device.PROFILES))
+def test_gqa_speed_sizes_where_timings_are_live(name):
+    """Chapter 7 measures decode attention against H_kv live on a GPU only; the head counts
+    divide the query heads, MHA first and MQA last."""
+    p = device.PROFILES[name]
+    assert (p.gqa_speed is not None) == p.live
+    if p.gqa_speed is not None:
+        s = p.gqa_speed
+        assert s.kv_heads[0] == s.heads and s.kv_heads[-1] == 1
+        assert list(s.kv_heads) == sorted(s.kv_heads, reverse=True)
+        assert all(s.heads % n == 0 for n in s.kv_heads)

@@ -90,6 +90,7 @@ DEFAULTS = {
     "flash_attention_loop": lambda: diagrams.flash_attention_loop(),
     "prefill_decode": lambda: diagrams.prefill_decode(),
     "split_kv_decode": lambda: diagrams.split_kv_decode(),
+    "kv_head_groups": lambda: diagrams.kv_head_groups(),
 }
 
 LAYOUTS = {
@@ -103,6 +104,8 @@ LAYOUTS = {
        for B, S, new in ((1, 3, 2), (4, 6, 4), (8, 12, 6))},
     **{f"split_kv_decode-{n}": (lambda n=n: diagrams.split_kv_decode(num_splits=n)) for n in (1, 2, 4, 6)},
     "split_kv_decode-mqa": lambda: diagrams.split_kv_decode(S=32768, num_splits=3, group=8),
+    **{f"kv_head_groups-{H}-{'-'.join(map(str, kv))}": (lambda H=H, kv=kv: diagrams.kv_head_groups(H, kv))
+       for H, kv in ((8, (8, 2, 1)), (4, (4, 2, 1)), (16, (16, 8, 2, 1)), (12, (12, 3)), (1, (1,)))},
     "tiled_matmul-ragged": lambda: diagrams.tiled_matmul(300, 500, 200, 64, 64, 32, pid=20,
                                                          k_step=6),
     "tiled_matmul-decode": lambda: diagrams.tiled_matmul(64, 2048, 1024, 64, 128, 64, pid=3,
@@ -405,3 +408,37 @@ def test_flash_attention_loop_labels():
 def test_flash_attention_loop_refuses_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         diagrams.flash_attention_loop(**kwargs)
+
+
+@pytest.mark.parametrize("H, kv_heads", [(8, (8, 2, 1)), (16, (16, 8, 2, 1)), (12, (6, 3))])
+def test_kv_head_groups_read_the_heads_the_kernel_reads(H, kv_heads):
+    """Query head h reads K/V head h // (H / H_kv), as decode_attention indexes them: one arrow
+    per query head, into its group's K/V head, which is as wide as the group."""
+    fig = diagrams.kv_head_groups(H, kv_heads)
+    for n in kv_heads:
+        name = "MHA" if n == H else ("MQA" if n == 1 else f"GQA-{n}")
+        G = H // n
+        arrows = sorted(a.get_gid() for a in fig.findobj(
+            lambda a: (a.get_gid() or "").startswith(f"{name} q") and "reads" in a.get_gid()))
+        assert arrows == sorted(f"{name} q{h} reads kv{h // G}" for h in range(H))
+        q_width = patches(fig, f"{name} q0")[0].get_width()
+        for j in range(n):
+            (box,) = [b for b in patches(fig, f"{name} kv{j}") if b.get_gid() == f"{name} kv{j}"]
+            assert box.get_width() == pytest.approx(G * q_width + (G - 1) * 0.04)
+        assert f"{name}" in texts(fig)
+
+
+def test_kv_head_groups_say_what_is_cached():
+    text = joined(diagrams.kv_head_groups(8, (8, 2, 1)))
+    assert "KV cache: all of MHA's" in text and "KV cache: 1/4 of MHA's" in text
+    assert "KV cache: 1/8 of MHA's" in text and "caches 2 K + 2 V per layer" in text
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(H=17), "at most 16"), (dict(H=0), "positive integer"),
+    (dict(H=8, kv_heads=(3,)), "divide H=8"), (dict(H=8, kv_heads=()), "1 to 4"),
+    (dict(H=8, kv_heads=(8, 4, 2, 1, 1)), "1 to 4"), (dict(H=8, kv_heads=8), "1 to 4"),
+])
+def test_kv_head_groups_refuses_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        diagrams.kv_head_groups(**kwargs)

@@ -107,3 +107,36 @@ def test_unknown_preset_lists_the_presets():
 def test_configs_are_immutable():
     with pytest.raises(dataclasses.FrozenInstanceError):
         PRESETS["tiny"].dim = 32
+
+
+# -- what fits beside the weights (chapters 6 and 7) ---------------------------------------------
+
+def test_max_cached_tokens_is_the_room_beside_the_weights():
+    from infer_lib import hardware
+    from infer_lib.model import max_cached_tokens
+
+    config = PRESETS["llama-3-8b"]
+    spec = hardware.SPECS["h100_sxm"]
+    tokens = max_cached_tokens(config, spec.memory_bytes)
+    weights = config.num_params() * 2
+    per_token = config.kv_cache_bytes_per_token(torch.bfloat16)
+    assert weights + tokens * per_token <= spec.memory_bytes < weights + (tokens + 1) * per_token
+    assert tokens // 8192 == 65                     # chapter 6's Exercise 6.2, in 80 GiB
+    # dtypes given by their size; a smaller cache holds more tokens, heavier weights fewer
+    assert max_cached_tokens(config, spec.memory_bytes, 2, 2) == tokens
+    assert max_cached_tokens(config, spec.memory_bytes, cache_dtype=1) in (2 * tokens, 2 * tokens + 1)
+    assert max_cached_tokens(config, spec.memory_bytes, weight_dtype=torch.float32) < tokens
+    # fewer K/V heads: a smaller cache per token and fewer weights, so more than H/H_kv times the tokens
+    mqa = dataclasses.replace(config, n_kv_heads=1)
+    assert max_cached_tokens(mqa, spec.memory_bytes) > 8 * tokens
+
+
+def test_max_cached_tokens_without_room_or_with_bad_memory():
+    from infer_lib.model import max_cached_tokens
+
+    config = PRESETS["llama-3-70b"]
+    assert max_cached_tokens(config, 80 * 2**30) is None           # 141 GB of bf16 weights
+    assert max_cached_tokens(config, config.num_params() * 2) is None
+    for bad in (0, -1.0, float("nan"), float("inf"), True, "80"):
+        with pytest.raises(ValueError, match="memory_bytes must be a finite positive number"):
+            max_cached_tokens(config, bad)

@@ -21,12 +21,12 @@ from .config import (COURSE_MHA, LLAMA_2_7B, LLAMA_3_2_1B, LLAMA_3_8B, LLAMA_3_7
                      TINY, TINY_MHA, TINY_MQA, ModelConfig, RopeScaling)
 from .generate import decode_one_token, generate, prefill, sample
 from .gqa import to_gqa
-from .kv_cache import KVCache
+from .kv_cache import KVCache, max_cached_tokens
 from .layers import BACKENDS, Transformer
 
 __all__ = [
     "BACKENDS", "COURSE_MHA", "KVCache", "LLAMA_2_7B", "LLAMA_3_2_1B", "LLAMA_3_70B", "LLAMA_3_8B", "ModelConfig",
     "PRESETS", "RopeScaling", "SMOLLM2_135M", "TINY", "TINY_MHA", "TINY_MQA", "Transformer",
-    "config_from_hf", "config_to_hf", "decode_one_token", "from_pretrained", "generate", "prefill",
-    "sample", "save_pretrained", "to_gqa",
+    "config_from_hf", "config_to_hf", "decode_one_token", "from_pretrained", "generate", "max_cached_tokens",
+    "prefill", "sample", "save_pretrained", "to_gqa",
 ]

@@ -17,13 +17,44 @@ zeros or stale values that attention never reads.
 
 ``select(rows)`` is a view of some sequences (sharing the buffers): prompts are
 prefilled one at a time into their own rows, then decoded together.
+
+``max_cached_tokens`` answers the sizing question of the chapters on the cache (6 and 7):
+how many tokens of cache, summed over a batch, fit beside the weights in a GPU's memory.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .config import ModelConfig
+
+
+def _nbytes(dtype: torch.dtype | int) -> int:
+    return dtype if isinstance(dtype, int) else torch.empty((), dtype=dtype).element_size()
+
+
+def max_cached_tokens(config: ModelConfig, memory_bytes: float,
+                      cache_dtype: torch.dtype | int = torch.bfloat16,
+                      weight_dtype: torch.dtype | int = torch.bfloat16) -> int | None:
+    """Tokens of KV cache — batch × context, summed over the sequences — that fit beside the
+    weights in ``memory_bytes`` of GPU memory (``hardware.GPUSpec.memory_bytes``: NVIDIA's
+    memory "GB" are GiB)::
+
+        (memory_bytes − num_params · weight bytes) // kv_cache_bytes_per_token(cache bytes)
+
+    ``None`` when the weights alone do not fit. Nothing else is counted: activations, the
+    allocator's slack and fragmentation come on top. The largest batch at a context of ``T``
+    tokens is ``max_cached_tokens(...) // T``. The dtypes may be given as their size in bytes."""
+    if not (isinstance(memory_bytes, (int, float)) and not isinstance(memory_bytes, bool)
+            and math.isfinite(memory_bytes) and memory_bytes > 0):
+        raise ValueError(f"max_cached_tokens: memory_bytes must be a finite positive number, "
+                         f"got {memory_bytes!r}")
+    free = memory_bytes - config.num_params() * _nbytes(weight_dtype)
+    if free <= 0:
+        return None
+    return int(free // config.kv_cache_bytes_per_token(_nbytes(cache_dtype)))
 
 
 class KVCache:
