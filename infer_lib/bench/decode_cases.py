@@ -4,7 +4,8 @@
 ``cache_seqlens[b]`` tokens once: ``2 · Σ_b cache_seqlens[b] · H_kv · D``
 elements, plus the query and the output (``B · H · D`` each). Those are the
 bytes counted (unit GB/s, held to the copy bandwidth); the FLOPs,
-``4 · H · Σ_b cache_seqlens[b] · D``, are one or two per byte: memory-bound.
+``4 · H · Σ_b cache_seqlens[b] · D``, are ``H / H_kv`` per byte in 16-bit (1 to 32 here):
+below any GPU's balance point, memory-bound.
 
 Peers: ``scaled_dot_product_attention`` with ``enable_gqa`` (one query per
 sequence; a boolean mask of each sequence's keys in the ragged case), and the

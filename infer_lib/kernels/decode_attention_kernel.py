@@ -52,9 +52,11 @@ sequence's output NaN: a broken length never gives a plausible answer.
 Memory traffic: the keys and values each sequence sees, read once
 (``2 · cache_seqlens[b] · H_kv · D`` elements), ``q`` and the output once, and
 the partials (``B · H · num_splits · (D + 2)`` fp32 values, written and read
-once, from L2). The FLOPs (``4 · H · cache_seqlens[b] · D``) are one or two per
-byte read: decode attention is memory-bound on every GPU, so its measure is the
-bandwidth at which it reads the cache.
+once, from L2). The FLOPs (``4 · H · cache_seqlens[b] · D``) are ``G = H / H_kv``
+per byte of a 16-bit cache (1 for MHA, 32 for MQA with 32 query heads): below the
+balance point of every GPU in the spec table (≈ 165 FLOP/byte measured on an H200),
+so decode attention is memory-bound, and its measure is the bandwidth at which it
+reads the cache.
 
 References: T. Dao, D. Haziza, F. Massa, G. Sizov, "Flash-Decoding for
 long-context inference" (2023), https://pytorch.org/blog/flash-decoding/;
