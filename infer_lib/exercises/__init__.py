@@ -38,6 +38,7 @@ They are built from the generic checks of this module, which
 from __future__ import annotations
 
 import math
+import numbers
 import textwrap
 from typing import Callable, Iterable, Sequence
 
@@ -110,6 +111,21 @@ def check_part(check, answer, *args, name: str, **kw) -> bool:
     if answer is ... or answer is None:
         return _not_attempted(name, "replace its `...`")
     return check(answer, *args, name=name, **kw)
+
+
+def whole_sequences(answer, name: str) -> int:
+    """``answer`` as an int when it is a whole number of sequences (a one-element tensor
+    too); TypeError for a non-number, AssertionError for a fraction (a sequence's cache fits
+    whole or not at all)."""
+    if isinstance(answer, torch.Tensor) and answer.numel() == 1:
+        answer = answer.item()
+    if isinstance(answer, bool) or not isinstance(answer, numbers.Real):
+        raise TypeError(f"{name}: expected a whole number of sequences, got "
+                        f"{type(answer).__name__} {answer!r}")
+    if not (math.isfinite(answer) and answer == int(answer)):
+        raise AssertionError(f"{name}: expected a whole number of sequences, got {answer!r}: "
+                             "a sequence's cache fits whole or not at all")
+    return int(answer)
 
 
 def check_number(answer, expected: float, *, name: str, unit: str = "", rel: float = 0.02,

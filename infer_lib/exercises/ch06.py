@@ -14,14 +14,13 @@ never states the expected value.
 from __future__ import annotations
 
 import math
-import numbers
 import textwrap
 
 import torch
 
 from .. import hardware, measure
 from ..model import ModelConfig
-from . import _not_attempted, check_function, check_number
+from . import _not_attempted, check_function, check_number, whole_sequences
 
 # Exercise 6.1: the KV cache of a batch
 CACHE = {"preset": "llama-3-8b", "batch": 16, "context": 8192}
@@ -93,14 +92,7 @@ def max_batch(batch) -> bool:
     name = "Exercise 6.2 (largest batch)"
     if batch is ... or batch is None:
         return _not_attempted(name)
-    if isinstance(batch, torch.Tensor) and batch.numel() == 1:
-        batch = batch.item()
-    if isinstance(batch, bool) or not isinstance(batch, numbers.Real):
-        raise TypeError(f"{name}: expected a whole number of sequences, got "
-                        f"{type(batch).__name__} {batch!r}")
-    if not (math.isfinite(batch) and batch == int(batch)):
-        raise AssertionError(f"{name}: expected a whole number of sequences, got {batch!r}: "
-                             "a sequence's cache fits whole or not at all")
+    batch = whole_sequences(batch, name)
     cfg = ModelConfig.from_preset(FIT["preset"])
     spec = hardware.SPECS[FIT["gpu"]]
     s = _esize(FIT_DTYPE)

@@ -25,7 +25,7 @@ import torch
 from .. import hardware
 from ..model import ModelConfig, max_cached_tokens
 from ..model.gqa import _pool_heads
-from . import _not_attempted, check_function, check_number, check_part
+from . import _not_attempted, check_function, check_number, check_part, whole_sequences
 
 BF16 = torch.bfloat16
 REL = 0.02                 # relative tolerance of every numeric answer
@@ -176,18 +176,6 @@ def _fit(cfg: ModelConfig, memory: float, context: int, *, weights_of: ModelConf
     return (memory - weights) / (cfg.kv_cache_bytes_per_token(BF16) * context * cache_scale)
 
 
-def _whole(batch, name: str) -> int:
-    if isinstance(batch, torch.Tensor) and batch.numel() == 1:
-        batch = batch.item()
-    if isinstance(batch, bool) or not isinstance(batch, numbers.Real):
-        raise TypeError(f"{name}: expected a whole number of sequences, got "
-                        f"{type(batch).__name__} {batch!r}")
-    if not (math.isfinite(batch) and batch == int(batch)):
-        raise AssertionError(f"{name}: expected a whole number of sequences, got {batch!r}: "
-                             "a sequence's cache fits whole or not at all")
-    return int(batch)
-
-
 def max_batches(mha_batch, mqa_batch) -> None:
     """Exercise 7.3: the most sequences of ``FIT["context"]`` tokens whose bf16 KV cache fits
     beside the bf16 weights on the GPU, for the multi-head ``FIT["preset"]`` and for its MQA
@@ -231,7 +219,7 @@ def max_batches(mha_batch, mqa_batch) -> None:
         if answer is ... or answer is None:
             _not_attempted(name, "replace its `...`")
             continue
-        batch = _whole(answer, name)
+        batch = whole_sequences(answer, name)
         want = max_cached_tokens(cfg, memory) // T
         if batch == want:
             exact = _fit(cfg, memory, T)
