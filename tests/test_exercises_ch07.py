@@ -66,6 +66,8 @@ def test_cache_per_token(capsys):
         _hint(ch07.cache_per_token, ..., _KiB(1, unit=1), match="that is bytes"),
         _hint(ch07.cache_per_token, _KiB(H) * H // G, ..., match="divide, do not multiply"),
         _hint(ch07.cache_per_token, ..., mqa * 1.3, match="too large"),
+        _hint(ch07.cache_per_token, gqa / 2**10, ..., match="MiB"),
+        _hint(ch07.cache_per_token, ..., mqa * 2, match="fp32"),
     ]
     for hint in hints:   # what follows the reader's own number, echoed first
         assert not _gives_away(hint.split(" is ", 1)[1], gqa, mqa), hint

@@ -72,6 +72,8 @@ def cache_per_token(gqa_KiB, mqa_KiB) -> None:
                        "(in KiB)"),
             (want * 2**10 / 1e3, "that is KB (1000 bytes); the question asks for KiB (1024 bytes)"),
             (want * 2**10, "that is bytes; the question asks for KiB (1024 bytes)"),
+            (want / 2**10, "that is MiB (1024 KiB); the question asks for KiB"),
+            (want * 2, "off by a factor of 2 — the cache holds 2-byte numbers; 4 bytes is fp32"),
             (full * (mha.n_heads // n),
              "the cache shrinks by H / H_kv, the number of query heads sharing each K/V head: "
              "divide, do not multiply"),
