@@ -529,7 +529,7 @@ def memory_hierarchy(spec=None) -> Figure:
     mem = spec.memory_type or "device memory"
     link(2, bw, f"{_num(bw)} GB/s ({mem})" if bw is not None else "bandwidth: not given")
     # 3. HBM (or GDDR)
-    level(3, spec.memory_GB * 1e9, "hbm", mem, ["(GPU memory)"])
+    level(3, spec.memory_bytes, "hbm", mem, ["(GPU memory)"])      # GiB, as NVIDIA's GB
     right(3, [f"{_num(spec.memory_GB)} GB {spec.memory_type or ''}".rstrip(),
               "next to the GPU die" if (spec.memory_type or "").startswith("HBM")
               else "on the GPU board"])
