@@ -117,6 +117,27 @@ def hint_of(check, *args) -> str:
     return str(err.value)
 
 
+def assert_not_attempted(capsys, match: str = "") -> None:
+    """The check just printed its "not attempted" line (for an answer left as ``...``), one
+    matching the regular expression ``match``."""
+    from infer_lib.exercises import NOT_ATTEMPTED
+
+    lines = [line for line in capsys.readouterr().out.splitlines() if NOT_ATTEMPTED in line]
+    assert lines and any(re.search(match, line) for line in lines), lines
+
+
+def hint_matching(check, *answers, match: str, error=AssertionError) -> str:
+    """The message ``check(*answers)`` raises (``error``, matching ``match``): a wrong answer's hint."""
+    with pytest.raises(error, match=match) as err:
+        check(*answers)
+    return str(err.value)
+
+
+def gives_away(message: str, *values) -> bool:
+    """Whether ``message`` spells out any of ``values`` (to 3 significant digits, or exactly)."""
+    return any(f"{v:.3g}" in message or f"{v:g}" in message for v in values)
+
+
 def numbers_in(text: str) -> list[float]:
     return [float(x.replace(",", "")) for x in re.findall(r"\d[\d,]*\.?\d*", text)]
 

@@ -4,7 +4,6 @@ The right answers are worked out here as a learner would: from the spec table, t
 (parameter counts, cache per token) and the shipped decode file.
 """
 
-import math
 import random
 import re
 
@@ -12,6 +11,7 @@ import pytest
 import torch
 
 from conftest import assert_not_given as _assert_not_given, hint_of as _hint
+from conftest import assert_not_attempted as _assert_not_attempted
 from infer_lib import hardware, measure
 from infer_lib.exercises import NOT_ATTEMPTED, ch05
 from infer_lib.model import ModelConfig
@@ -19,11 +19,6 @@ from infer_lib.model import ModelConfig
 H200 = hardware.SPECS["h200"]
 LLAMA = ModelConfig.from_preset("llama-3.2-1b")
 BW = H200.bandwidth_GBps * 1e9
-
-
-def _assert_not_attempted(capsys, match=""):
-    lines = [line for line in capsys.readouterr().out.splitlines() if NOT_ATTEMPTED in line]
-    assert lines and any(re.search(match, line) for line in lines), lines
 
 
 def _kv_per_token(config, s=2, heads=None):

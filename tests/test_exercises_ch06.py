@@ -5,31 +5,16 @@ The right answers are worked out here as a learner would, from the formula and t
 """
 
 import math
-import re
 
-import pytest
 import torch
 
+from conftest import (assert_not_attempted as _assert_not_attempted, gives_away as _gives_away,
+                      hint_matching as _hint)
 from infer_lib import hardware, measure
 from infer_lib.exercises import NOT_ATTEMPTED, ch06
 from infer_lib.model import ModelConfig
 
 BF16_BYTES = 2
-
-
-def _assert_not_attempted(capsys, match=""):
-    lines = [line for line in capsys.readouterr().out.splitlines() if NOT_ATTEMPTED in line]
-    assert lines and any(re.search(match, line) for line in lines), lines
-
-
-def _hint(check, *answers, match, error=AssertionError):
-    with pytest.raises(error, match=match) as err:
-        check(*answers)
-    return str(err.value)
-
-
-def _gives_away(message, *values):
-    return any(f"{v:.3g}" in message or f"{v:g}" in message for v in values)
 
 
 # --- 6.1 -------------------------------------------------------------------------------

@@ -9,7 +9,8 @@ import torch
 
 from conftest import random_model
 from infer_lib import device
-from infer_lib.model import PRESETS, KVCache, Transformer, decode_one_token, generate, prefill, sample
+from infer_lib.model import (PRESETS, KVCache, Transformer, decode_one_token, generate, generate_uncached,
+                             prefill, sample)
 from infer_lib.model import layers
 
 ATOL, RTOL = 1e-5, 1e-5          # fp32 (tests/conftest.py: TOLERANCES)
@@ -51,6 +52,16 @@ def test_cached_and_uncached_generation_agree(name):
     assert torch.equal(out, expected)
     for step, (a, b) in enumerate(zip(cached_logits(model, tokens, 8), expected_logits)):
         torch.testing.assert_close(a, b, atol=ATOL, rtol=RTOL, msg=lambda m: f"step {step}: {m}")
+
+
+def test_generate_uncached_is_the_slow_greedy_loop():
+    model = random_model("tiny-mha")
+    tokens = torch.randint(0, model.config.vocab_size, (2, 5))
+    assert torch.equal(generate_uncached(model, tokens, 6), greedy_uncached(model, tokens, 6)[0])
+    assert torch.equal(generate_uncached(model, tokens, 0), tokens)
+    for bad in (-1, 2.0, True):
+        with pytest.raises(ValueError, match="max_new_tokens must be a non-negative integer"):
+            generate_uncached(model, tokens, bad)
 
 
 @pytest.mark.parametrize("name", ["tiny", "tiny-mqa"])

@@ -94,13 +94,23 @@ def _graphed_step(model: Transformer, token: torch.Tensor, cache: KVCache, lengt
 
 def measure_step(config: ModelConfig, backend: str, batch: int, context: int, graph: bool,
                  dtype: torch.dtype, copy_GBps: float, *, smoke: bool = False,
-                 model: Transformer | None = None) -> dict:
-    """One record: the time of a decode step of ``batch`` sequences ``context`` tokens long."""
+                 model: Transformer | None = None, random_cache: bool = False) -> dict:
+    """One record: the time of a decode step of ``batch`` sequences ``context`` tokens long.
+
+    The cache is filled by a prefill of random prompts, or with ``random_cache`` by random
+    keys and values (a step's time does not depend on what the cache holds, and a prefill of
+    many long prompts would only cost time)."""
     model = model or random_model(config, backend, dtype)
     model.backend = backend
     cache = KVCache(config, batch, context + 1, dtype=dtype, device=device.DEVICE)
-    prompt = torch.randint(0, config.vocab_size, (batch, context), device=device.DEVICE)
-    token = prefill(model, prompt, cache).argmax(-1)
+    if random_cache:
+        cache.k_cache.normal_()
+        cache.v_cache.normal_()
+        cache.seqlens.fill_(context)
+        token = torch.randint(0, config.vocab_size, (batch,), device=device.DEVICE)
+    else:
+        prompt = torch.randint(0, config.vocab_size, (batch, context), device=device.DEVICE)
+        token = prefill(model, prompt, cache).argmax(-1)
     lengths = cache.seqlens.clone()
 
     def eager_step():

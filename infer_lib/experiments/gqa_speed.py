@@ -37,7 +37,7 @@ import torch.nn.functional as F
 
 from .. import device, measure
 from ..kernels import decode_attention
-from ..model import KVCache, ModelConfig
+from ..model import ModelConfig
 from . import decode
 
 TIMING = ("attention: GPU time, median of CUDA-graph replays (measure.bench_us_hot), L2 warm; "
@@ -100,31 +100,15 @@ def attention_record(batch: int, n_kv_heads: int, *, heads: int, head_dim: int, 
 
 def model_record(config: ModelConfig, batch: int, context: int, dtype: torch.dtype,
                  copy_GBps: float, smoke: bool = False) -> dict:
-    """One decoding step of the whole model, its cache ``context`` tokens deep (random)."""
-    model = decode.random_model(config, "triton", dtype)
-    cache = KVCache(config, batch, context + 1, dtype=dtype, device=device.DEVICE)
-    cache.k_cache.normal_()
-    cache.v_cache.normal_()
-    cache.seqlens.fill_(context)
-    lengths = cache.seqlens.clone()
-    token = torch.randint(0, config.vocab_size, (batch,), device=device.DEVICE)
-    if device.HAS_GPU and not smoke:
-        step = decode._graphed_step(model, token, cache, lengths)
-    else:
-        def step():
-            cache.seqlens.copy_(lengths)
-            decode.decode_one_token(model, token, cache)
-    us = measure.timer(smoke, hot=False)(step)
-    nbytes = decode.step_bytes(config, batch, context, dtype)
-    roofline_us = nbytes / (copy_GBps * 1e3)
-    del model, cache
+    """One decoding step of the whole model (``decode.measure_step``, the Triton backend, from
+    a CUDA graph on a GPU), its cache ``context`` tokens deep and random."""
+    graph = device.HAS_GPU and not smoke
+    record = decode.measure_step(config, "triton", batch, context, graph, dtype, copy_GBps,
+                                 smoke=smoke, random_cache=True)
     if device.HAS_GPU:
         torch.cuda.empty_cache()
-    return {"n_kv_heads": config.n_kv_heads, "batch": batch, "context": context,
-            "ms": measure.sig(us / 1e3), "tokens_per_s": measure.sig(batch / (us * 1e-6)),
-            "bytes": nbytes, "kv_cache_bytes": config.kv_cache_bytes_per_token(dtype) * batch * context,
-            "roofline_ms": measure.sig(roofline_us / 1e3),
-            "fraction_of_roofline": measure.sig(roofline_us / us, 4)}
+    return {"n_kv_heads": config.n_kv_heads, **record,
+            "kv_cache_bytes": config.kv_cache_bytes_per_token(dtype) * batch * context}
 
 
 def run(context: int = CONTEXT, *, smoke: bool = False) -> dict:

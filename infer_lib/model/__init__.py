@@ -19,7 +19,7 @@ sampling), ``checkpoint`` (Hugging Face Llama checkpoints in safetensors), ``gqa
 from .checkpoint import config_from_hf, config_to_hf, from_pretrained, save_pretrained
 from .config import (COURSE_MHA, LLAMA_2_7B, LLAMA_3_2_1B, LLAMA_3_8B, LLAMA_3_70B, PRESETS, SMOLLM2_135M,
                      TINY, TINY_MHA, TINY_MQA, ModelConfig, RopeScaling)
-from .generate import decode_one_token, generate, prefill, sample
+from .generate import decode_one_token, generate, generate_uncached, prefill, sample
 from .gqa import to_gqa
 from .kv_cache import KVCache, max_cached_tokens
 from .layers import BACKENDS, Transformer
@@ -27,6 +27,6 @@ from .layers import BACKENDS, Transformer
 __all__ = [
     "BACKENDS", "COURSE_MHA", "KVCache", "LLAMA_2_7B", "LLAMA_3_2_1B", "LLAMA_3_70B", "LLAMA_3_8B", "ModelConfig",
     "PRESETS", "RopeScaling", "SMOLLM2_135M", "TINY", "TINY_MHA", "TINY_MQA", "Transformer",
-    "config_from_hf", "config_to_hf", "decode_one_token", "from_pretrained", "generate", "max_cached_tokens",
+    "config_from_hf", "config_to_hf", "decode_one_token", "from_pretrained", "generate", "generate_uncached", "max_cached_tokens",
     "prefill", "sample", "save_pretrained", "to_gqa",
 ]

@@ -92,6 +92,22 @@ def decode_one_token(model: Transformer, token: torch.Tensor, cache: KVCache) ->
 
 
 @torch.no_grad()
+def generate_uncached(model: Transformer, tokens: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
+    """Greedy decoding the slow way, with no KV cache: the whole sequence so far goes through
+    the model for every new token. ``tokens`` (B, S); returns (B, S + max_new_tokens).
+
+    The baseline ``generate`` must equal token for token (in fp32; in 16-bit the two paths
+    round differently and a near-tie can flip). Step ``i`` pushes ``S + i`` positions through
+    the model, ``generate`` pushes the prompt once and then one position a step."""
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be a non-negative integer, got {max_new_tokens!r}")
+    for _ in range(max_new_tokens):
+        logits = model(tokens, last_only=True)[:, -1]                 # (B, V): no cache at all
+        tokens = torch.cat([tokens, logits.argmax(-1, keepdim=True)], dim=1)
+    return tokens
+
+
+@torch.no_grad()
 def generate(model: Transformer, tokens, max_new_tokens: int, temperature: float = 0.0,
              top_k: int | None = None, stop_token: int | None = None, *, lengths=None,
              pad_token: int | None = None, cache: KVCache | None = None,
