@@ -186,12 +186,12 @@ VALIDATORS = {
     "prefill_decode": lambda doc: measure.validate(doc, prefill_decode.SCHEMA),
     "fusion": fusion.validate,
     "gqa_quality": lambda doc: measure.validate(doc, gqa_quality.SCHEMA),
+    "tensor_cores": tensor_cores.validate,
 }
 #: topics with a validator whose files are not shipped yet (they come with the next GPU run):
 #: once <topic>_h200.json is in infer_lib/data, move the topic into VALIDATORS, which then
 #: demands the file (test_pending_topics_have_no_file_yet says when)
 PENDING = {
-    "tensor_cores": tensor_cores.validate,
     "gqa_speed": lambda doc: measure.validate(doc, gqa_speed.SCHEMA),
 }
 #: topics whose first measurement came after the H100 run: shipped for the later GPUs only
