@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
+import time
 from pathlib import Path
 
 import torch
@@ -120,13 +122,26 @@ def run(context: int = CONTEXT, *, smoke: bool = False) -> dict:
                              "model_kv_heads": MODEL_KV_HEADS, "model_batches": MODEL_BATCHES}
     dtype = device.default_dtype() if device.HAS_GPU else torch.float32
     copy_GBps = 1.0 if smoke else measure.copy_bandwidth()["GBps"]
-    attention = [attention_record(B, n, heads=s["heads"], head_dim=s["head_dim"],
-                                  context=s["context"], dtype=dtype, copy_GBps=copy_GBps, smoke=smoke)
-                 for n in s["kv_heads"] for B in s["batches"]]
+    t0 = time.perf_counter()
+
+    def progress(what: str) -> None:  # a run takes minutes on a GPU: say where it is
+        if not smoke:
+            print(f"[{time.perf_counter() - t0:6.1f} s] {what}", file=sys.stderr, flush=True)
+
+    attention = []
+    for n in s["kv_heads"]:
+        for B in s["batches"]:
+            attention.append(attention_record(B, n, heads=s["heads"], head_dim=s["head_dim"],
+                                              context=s["context"], dtype=dtype,
+                                              copy_GBps=copy_GBps, smoke=smoke))
+            progress(f"attention H_kv={n} B={B}")
     base = ModelConfig.from_preset(s["preset"])
-    model = [model_record(dataclasses.replace(base, n_kv_heads=n), B, s["context"], dtype, copy_GBps,
-                          smoke)
-             for n in s["model_kv_heads"] for B in s["model_batches"]]
+    model = []
+    for n in s["model_kv_heads"]:
+        for B in s["model_batches"]:
+            model.append(model_record(dataclasses.replace(base, n_kv_heads=n), B, s["context"],
+                                      dtype, copy_GBps, smoke))
+            progress(f"model H_kv={n} B={B}")
     return {"provenance": {**measure.provenance(), "smoke": smoke},
             "timing": SMOKE_TIMING if smoke else TIMING,
             "params": {"heads": s["heads"], "head_dim": s["head_dim"], "context": s["context"],
