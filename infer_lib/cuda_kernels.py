@@ -71,10 +71,7 @@ _require_numba_cuda()
 
 from numba import cuda, float32  # noqa: E402  (after the check, and after infer_lib.device)
 
-#: CUDA's limit on the threads of one block (every GPU since compute capability 2.0)
-MAX_THREADS_PER_BLOCK = 1024
-#: threads per warp on every NVIDIA GPU so far
-WARP_SIZE = 32
+from .hardware import MAX_THREADS_PER_BLOCK, WARP_SIZE  # noqa: E402,F401  (CUDA's limits, re-exported)
 
 
 def _simulator_enabled() -> bool:
@@ -186,6 +183,19 @@ def vector_add(x: np.ndarray, y: np.ndarray, threads_per_block: int = 256) -> np
     d_out = cuda.device_array(n, np.float32)
     _vector_add_kernel[blocks, tpb](d_x, d_y, d_out)
     return d_out.copy_to_host()
+
+
+def launch_vector_add(x, y, out, threads_per_block: int = 256) -> None:
+    """Launch the ``vector_add`` kernel on arrays already on the device (numba device arrays,
+    or CUDA tensors through ``numba.cuda.as_cuda_array``): no copies and no synchronisation,
+    so that a timer sees the kernel alone. Returns at once, as every kernel launch does."""
+    tpb = _check_threads("launch_vector_add", threads_per_block)
+    n = x.shape[0]
+    if not (len(x.shape) == len(y.shape) == len(out.shape) == 1 and y.shape[0] == out.shape[0] == n):
+        raise ValueError(f"launch_vector_add: x, y and out must be 1-D of one length, got shapes "
+                         f"{tuple(x.shape)}, {tuple(y.shape)} and {tuple(out.shape)}")
+    if n:
+        _vector_add_kernel[(n + tpb - 1) // tpb, tpb](x, y, out)
 
 
 # ----------------------------------------------------------------------------

@@ -42,6 +42,13 @@ import torch
 
 from . import device
 
+#: The most threads one thread block may have, on every NVIDIA GPU since compute capability 2.0
+#: (CUDA C++ Programming Guide, "Compute Capabilities": technical specifications per compute
+#: capability, https://docs.nvidia.com/cuda/cuda-c-programming-guide/).
+MAX_THREADS_PER_BLOCK = 1024
+#: Threads per warp on every NVIDIA GPU so far (the same table).
+WARP_SIZE = 32
+
 
 @dataclass(frozen=True)
 class GPUSpec:

@@ -15,8 +15,9 @@ import torch
 
 from infer_lib import device, measure
 from infer_lib.bench import core as bench_core
-from infer_lib.experiments import (attention_sweep, bottlenecks, ceilings, decode, fusion, gqa_quality,
-                                   gqa_speed, kv_cache, prefill_decode, tensor_cores)
+from infer_lib.experiments import (attention_sweep, block_size, bottlenecks, ceilings, decode,
+                                   fusion, gqa_quality, gqa_speed, kv_cache, prefill_decode,
+                                   tensor_cores)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -192,10 +193,12 @@ VALIDATORS = {
 #: once <topic>_h200.json is in infer_lib/data, move the topic into VALIDATORS, which then
 #: demands the file (test_pending_topics_have_no_file_yet says when)
 PENDING = {
+    "block_size": lambda doc: measure.validate(doc, block_size.SCHEMA),
     "gqa_speed": lambda doc: measure.validate(doc, gqa_speed.SCHEMA),
 }
 #: topics whose first measurement came after the H100 run: shipped for the later GPUs only
-SINCE_H200 = {"decode", "kv_cache", "prefill_decode", "tensor_cores", "fusion", "gqa_quality", "gqa_speed"}
+SINCE_H200 = {"block_size", "decode", "kv_cache", "prefill_decode", "tensor_cores", "fusion",
+              "gqa_quality", "gqa_speed"}
 SHIPPED = sorted(measure.data_dir().glob("*.json"))
 
 

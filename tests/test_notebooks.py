@@ -178,6 +178,13 @@ def test_setup_cell_says_how_to_get_a_gpu_in_colab():
     compile(src, "setup", "exec")
 
 
+def test_a_chapter_that_needs_an_extra_installs_it_in_colab():
+    for chapter, extra in notebooks.COLAB_EXTRAS.items():
+        assert (notebooks.CHAPTERS / chapter).exists(), chapter
+        assert f'("infer-lib[{extra}] @ "' in notebooks.setup_source(chapter=chapter)
+    assert '("infer-lib @ "' in notebooks.setup_source(chapter="01_gpu_architecture.ipynb")
+
+
 def test_site_url_derives_from_the_config():
     cfg = notebooks.config()
     owner, name = notebooks.repo_slug(cfg)[0].split("/")

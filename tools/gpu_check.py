@@ -43,7 +43,8 @@ DATA_MODULES = ("infer_lib.experiments.ceilings", "infer_lib.experiments.bottlen
                 "infer_lib.experiments.attention_sweep", "infer_lib.experiments.decode",
                 "infer_lib.experiments.kv_cache", "infer_lib.experiments.prefill_decode",
                 "infer_lib.experiments.tensor_cores", "infer_lib.experiments.fusion",
-                "infer_lib.experiments.gqa_quality", "infer_lib.experiments.gqa_speed")
+                "infer_lib.experiments.gqa_quality", "infer_lib.experiments.gqa_speed",
+                "infer_lib.experiments.block_size")
 NOTEBOOK_PKGS = ("nbclient", "ipykernel", "ipywidgets", "nbformat")
 
 

@@ -43,7 +43,7 @@ MAX_CODE_LINE = 100
 CODING_EXERCISE_REQUIRED: list[str] = ["01_gpu_architecture.ipynb", "02_bottlenecks_and_roofline.ipynb",
                                         "03_linear_layer.ipynb", "04_attention.ipynb",
                                         "05_prefill_and_decode.ipynb", "06_kv_cache.ipynb",
-                                        "07_mqa_gqa.ipynb"]
+                                        "07_mqa_gqa.ipynb", "08_cuda_and_kernel_fusion.ipynb"]
 
 #: The first line of every solution cell: Colab shows a form cell as this title, its code folded.
 SOLUTION_TITLE = "#@title Solution (double-click to show)"
@@ -91,15 +91,24 @@ def badge_source(nb_path: Path, cfg: dict | None = None) -> str:
     return f"[![Open in Colab]({BADGE_SVG})]({colab_url(nb_path, cfg)})"
 
 
-def setup_source(cfg: dict | None = None) -> str:
+#: Chapters whose Colab setup installs extras of the package (pyproject.toml), beyond its core.
+#: Chapter 8 needs numba-cuda for its CUDA kernels; Colab ships JAX, which Pallas needs.
+COLAB_EXTRAS: dict[str, str] = {"08_cuda_and_kernel_fusion.ipynb": "cuda-kernels"}
+
+
+def setup_source(cfg: dict | None = None, chapter: str | None = None) -> str:
+    """The setup cell of ``chapter`` (a file name; its extras from ``COLAB_EXTRAS``)."""
     slug, branch = repo_slug(cfg)
+    extras = COLAB_EXTRAS.get(chapter or "")
+    name = f"infer-lib[{extras}]" if extras else "infer-lib"
     return f'''# Setup. In Colab, install infer_lib from the course repository; Colab's own torch
 # and triton are kept (infer_lib does not pin them); on a CPU runtime, say how to get a GPU.
 # Everywhere: describe the machine.
 import subprocess, sys, textwrap
 
 if "google.colab" in sys.modules:
-    package = "infer-lib @ git+https://github.com/{slug}@{branch}"
+    package = ("{name} @ "
+               "git+https://github.com/{slug}@{branch}")
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", package], check=True)
 
 import infer_lib
@@ -223,7 +232,7 @@ def sync(path: Path, cfg: dict | None = None) -> None:
     if setup is None:
         setup = nbformat.v4.new_code_cell(metadata={"tags": ["setup"]})
         nb.cells.insert(nb.cells.index(badge) + 1, setup)
-    setup.source = setup_source(cfg)
+    setup.source = setup_source(cfg, path.name)
     for cell in nb.cells:
         tags = _tags(cell)
         if cell.cell_type == "markdown" and cell is not badge:
@@ -250,7 +259,7 @@ def problems(path: Path, cfg: dict | None = None, nb=None) -> list[str]:
     badge, setup = _find(nb, "colab-badge"), _find(nb, "setup")
     if badge is None or badge.source != badge_source(path, cfg):
         out.append(f"{name}: the Colab badge cell is missing or stale (run `make sync`)")
-    if setup is None or setup.source != setup_source(cfg):
+    if setup is None or setup.source != setup_source(cfg, name):
         out.append(f"{name}: the setup cell is missing or stale (run `make sync`)")
     if not _colab_metadata_ok(nb):
         out.append(f"{name}: the notebook metadata does not ask Colab for a GPU "

@@ -171,13 +171,19 @@ def _run_and_get_code():
     return run_and_get_code
 
 
+def triton_kernels(text: str) -> list[str]:
+    """The ``@triton.jit`` kernels of a module Inductor generated: each from its decorator to
+    the end of the source string that holds it."""
+    return [k.rstrip() for k in re.findall(r"@triton\.jit.*?(?='''|\"\"\")", text, flags=re.S)]
+
+
 def trim_code(text: str, cap: int = CODE_CAP) -> str:
     """The generated module, at most ``cap`` characters: whole if it fits, else only its Triton
     kernel definitions (from each ``@triton.jit`` to the end of its source string), cut at ``cap``."""
     if len(text) <= cap:
         return text
-    kernels = re.findall(r"@triton\.jit.*?(?='''|\"\"\")", text, flags=re.S)
-    body = "\n\n".join(k.rstrip() for k in kernels) if kernels else text
+    kernels = triton_kernels(text)
+    body = "\n\n".join(kernels) if kernels else text
     if len(body) > cap:
         marker = "\n# ... [trimmed to the first %d characters]\n" % cap
         body = body[:cap - len(marker)] + marker
