@@ -140,7 +140,7 @@ def test_fusion_bytes(capsys):
         _hint(ch08.fusion_bytes, fused, ..., match="the fused kernel's traffic"),
         _hint(ch08.fusion_bytes, _MB(3), ..., match="leaves out tensors"),
         _hint(ch08.fusion_bytes, _MB(2, weight=False), ..., match="only the writes"),
-        _hint(ch08.fusion_bytes, _MB(UNFUSED, weight_matrix=True), ..., match="full matrix"),
+        _hint(ch08.fusion_bytes, _MB(UNFUSED, weight_matrix=True), ..., match="full-size tensor too many"),
         _hint(ch08.fusion_bytes, _MB(UNFUSED, itemsize=4), ..., match="fp32"),
         _hint(ch08.fusion_bytes, _MB(UNFUSED, unit=2**20), ..., match="MiB"),
         _hint(ch08.fusion_bytes, _MB(UNFUSED, unit=1e9), ..., match="that is GB"),

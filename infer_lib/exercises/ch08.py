@@ -214,8 +214,9 @@ def fusion_bytes(unfused_MB, fused_MB) -> None:
         common = [
             (fp32[key], f"that counts 4-byte elements (fp32); {FUSION['dtype']} elements are "
                         f"{itemsize} bytes"),
-            (want + tensor - weight, "that counts the weight as a full matrix: it is a vector of "
-                                     "one element per column, read once"),
+            (want + tensor - weight, "one full-size tensor too many: the weight is a vector of "
+                                     "one element per column, and each kernel reads each of "
+                                     "its inputs once"),
             (want * 8, "off by a factor of 8 — that counts bits; the question asks for bytes "
                        "(in MB)"),
         ]
@@ -246,8 +247,9 @@ def fusion_bytes(unfused_MB, fused_MB) -> None:
                rel=REL, mistakes=[(v, h) for v, h in fused_slips
                                   if not math.isclose(v, fused / MB, rel_tol=REL)],
                explain=_wrap("Exercise 8.3 (fused)",
-                             f"Unfused moves {unfused / fused:.2f}× these bytes: at the copy "
-                             "bandwidth, fusion is up to that much faster."))
+                             f"Unfused moves {unfused / fused:.2f}× these bytes: were both at the "
+                             "copy bandwidth, fusion would be that much faster (§8.3 measures "
+                             "more: eager's norm itself runs below it)."))
 
 
 # --- 8.4 (coding) ------------------------------------------------------------------------
@@ -389,7 +391,7 @@ def row_max_kernel(kernel, threads_per_block: int = ROW_MAX["threads_per_block"]
         raise AssertionError(f"{name}: the threads of a block share an array but never wait for "
                              "each other: without cuda.syncthreads() a thread can read a slot "
                              "before its owner wrote it (the simulator may get lucky; a GPU "
-                             "will not). Wait after writing the partial maxima and after each "
+                             "may not). Wait after writing the partial maxima and after each "
                              "level of the tree.")
     if "cuda" not in type(kernel).__module__:          # a plain function (or a CPU @njit)
         kernel = cuda.jit(getattr(kernel, "py_func", kernel))
@@ -406,6 +408,6 @@ def row_max_kernel(kernel, threads_per_block: int = ROW_MAX["threads_per_block"]
     return check_function(
         lambda x: torch.from_numpy(_launch(kernel, x.numpy(), tpb)),
         lambda x: x.amax(dim=1), cases, name=name, atol=0, rtol=0,
-        explain=_wrap(name, f"One block per row; the tree takes log2({tpb}) = "
-                            f"{tpb.bit_length() - 1} steps, a barrier after each. In Triton, "
-                            "tl.max(x, axis=1) writes this reduction for you."))
+        explain=_wrap(name, f"One block per row; a tree over {tpb} partial maxima takes "
+                            f"log2({tpb}) = {tpb.bit_length() - 1} steps, a barrier after each. "
+                            "In Triton, tl.max(x, axis=1) writes this reduction for you."))
