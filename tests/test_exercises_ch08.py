@@ -198,6 +198,7 @@ SLIPS = {
             ("partial[tid] = max(partial[tid], partial[tid + stride])",
              "partial[tid] += partial[tid + stride]")],
     "zero start": [("float32(-math.inf)", "float32(0)")],
+    "sum from -inf": [("acc = max(acc, x[row, col])", "acc += x[row, col]")],
     "minus one start": [("float32(-math.inf)", "float32(-1)")],
     "no stride": [("for col in range(tid, x.shape[1], TPB):\n        acc = max(acc, x[row, col])",
                    "if tid < x.shape[1]:\n        acc = max(acc, x[row, tid])")],
@@ -240,6 +241,7 @@ def test_row_max_kernel_right(capsys):
 @pytest.mark.parametrize("slip, match", [
     ("sum", "the sum of each row"),
     ("zero start", "not at 0"),
+    ("sum from -inf", "never rose above its start"),
     ("minus one start", "every element is negative"),
     ("no stride", "only the first threads_per_block columns"),
     ("no tree", "only thread 0's columns"),

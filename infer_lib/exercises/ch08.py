@@ -322,6 +322,10 @@ def _diagnose(got: np.ndarray, x: np.ndarray, tpb: int, name: str) -> None:
         raise AssertionError(f"{name}: out is never written (it still holds the NaN the check "
                              "put there): after the reduction, one thread of each block "
                              "(tid == 0) writes partial[0] to out[row]")
+    if np.isneginf(got).all():
+        raise AssertionError(f"{name}: every row's max came out -inf: the running max never rose "
+                             "above its start — combine the elements with max(acc, x[row, col]), "
+                             "not with +=")
     for slip, hint in _row_max_slips(x, tpb):
         if not np.array_equal(slip, want) and np.allclose(got, slip, rtol=1e-6, atol=1e-6):
             raise AssertionError(f"{name}: {hint}.")
