@@ -11,7 +11,7 @@ from infer_lib import device
 from infer_lib.kernels import _tuning
 
 ALL = [_tuning.MATMUL, _tuning.SPLITK_MATMUL, _tuning.FLASH_ATTENTION, _tuning.FLASH_ATTENTION_FP32,
-       _tuning.DECODE_ATTENTION]
+       _tuning.DECODE_ATTENTION, _tuning.INT8_MATMUL]
 CAPABILITIES = [(7, 0), (7, 5), (8, 0), (8, 6), (8, 9), (9, 0), (10, 0), (12, 0)]
 #: shared memory per block the driver reports (bytes): V100, T4, A100, RTX 30, L4, H100, B200, RTX 50
 SMEM = {(7, 0): 98304, (7, 5): 65536, (8, 0): 166912, (8, 6): 101376, (8, 9): 101376,

@@ -114,6 +114,24 @@ SECTIONS = {
             assert torch.equal(got.isnan(), torch.softmax(s, dim=-1).isnan())
             torch.testing.assert_close(kernels.matmul(a, b), a @ b)
             torch.testing.assert_close(kernels.matmul_splitk(a[:4], b), a[:4] @ b)
+            w_q, scales = kernels.quantize_int8(b)
+            assert w_q.dtype == torch.int8 and bool(((b - w_q * scales).abs() <= scales / 2 * 1.0001).all())
+            torch.testing.assert_close(kernels.int8_matmul(a, w_q, scales), a @ (w_q.float() * scales))
+            for args, message in (((a, w_q.float(), scales), "it must be int8"),
+                                  ((a, w_q[:5], scales), "must equal w_q.shape"),
+                                  ((a, w_q, -scales), "is not a finite positive number")):
+                try:
+                    kernels.int8_matmul(*args)
+                except (TypeError, ValueError) as err:
+                    assert message in str(err), err
+                else:
+                    raise AssertionError(f"int8_matmul without Triton did not refuse: {message}")
+            try:
+                kernels.quantize_int8(torch.full((3, 2), float("nan")))
+            except ValueError as err:
+                assert "non-finite" in str(err)
+            else:
+                raise AssertionError("quantize_int8(NaN) without Triton did not refuse")
             for causal in (False, True):
                 torch.testing.assert_close(kernels.flash_attention(q, k, v, causal=causal),
                                            F.scaled_dot_product_attention(q, k_rep, v_rep, is_causal=causal),
@@ -149,14 +167,15 @@ SECTIONS = {
             torch.testing.assert_close(got, F.silu(g) * u, equal_nan=True)
             assert torch.equal(got.isnan(), (F.silu(g) * u).isnan())
             for name in ("vector_add", "softmax", "matmul", "flash_attention", "decode_attention",
-                         "rms_norm", "add_rms_norm", "swiglu"):
+                         "rms_norm", "add_rms_norm", "swiglu", "int8_matmul"):
                 ref = getattr(kernels, name + "_ref")
                 assert ref.__module__ == f"infer_lib.kernels.{name}_kernel", (name, ref.__module__)
             assert kernels.matmul_splitk_ref is kernels.matmul_ref
+            assert kernels.quantize_int8.__module__ == "infer_lib.kernels.int8_matmul_kernel"
 
         notes = [str(w.message) for w in caught if issubclass(w.category, TritonNotInstalledWarning)]
         launchers = ("vector_add", "softmax", "matmul", "matmul_splitk", "flash_attention", "decode_attention",
-                     "rms_norm", "add_rms_norm", "swiglu")
+                     "rms_norm", "add_rms_norm", "swiglu", "int8_matmul")
         for name in launchers:   # once each, however often it ran
             assert sum(f"infer_lib.kernels.{name} runs its PyTorch reference" in n for n in notes) == 1, notes
         assert len(notes) == len(launchers), notes
@@ -311,7 +330,7 @@ def test_only_kernel_files_import_triton_at_module_level():
 # ----------------------------------------------------------------------------
 
 KERNEL_OPS = ("vector_add", "softmax", "matmul", "matmul_splitk", "flash_attention", "decode_attention",
-              "rms_norm", "add_rms_norm", "swiglu")
+              "rms_norm", "add_rms_norm", "swiglu", "int8_matmul")
 
 
 @pytest.mark.parametrize("op", KERNEL_OPS)
@@ -322,6 +341,13 @@ def test_fallback_references_are_the_kernel_files_references(op):
     defined_in = "matmul" if op == "matmul_splitk" else op      # matmul_splitk_ref = matmul_ref
     assert ref.__code__.co_filename.endswith(f"{defined_in}_kernel.py"), ref.__code__.co_filename
     assert inspect.getsource(ref) == source.get(f"kernels.{defined_in}_kernel", f"{defined_in}_ref")
+
+
+def test_fallback_quantize_int8_is_the_kernel_files():
+    # plain PyTorch, the same function with or without Triton: compiled from the file's text
+    from infer_lib.kernels import _fallback
+    assert _fallback.quantize_int8.__code__.co_filename.endswith("int8_matmul_kernel.py")
+    assert inspect.getsource(_fallback.quantize_int8) == source.get("kernels.int8_matmul_kernel", "quantize_int8")
 
 
 @pytest.mark.skipif(not device.HAS_TRITON, reason="compares the fallback with the Triton launchers")
@@ -343,7 +369,8 @@ def test_fallback_computes_what_the_launchers_compute():
              "flash_attention": (q, k, v, True),
              "decode_attention": (q[:, :, 0], k, v, torch.tensor([20], device=dev)),
              "rms_norm": (s, w, 1e-5), "add_rms_norm": (s, 3 * torch.randn_like(s), w),
-             "swiglu": (s, torch.randn_like(s))}
+             "swiglu": (s, torch.randn_like(s)),
+             "int8_matmul": (a, *_fallback.quantize_int8(b))}
     for op, args in cases.items():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", _fallback.TritonNotInstalledWarning)

@@ -13,7 +13,8 @@ Without Triton (``device.HAS_TRITON`` False: macOS has no Triton wheels) the
 kernel modules and ``_tuning`` cannot be imported, but this package can: it
 exports the PyTorch references under the launchers' names (``_fallback.py``;
 each says so once, with a ``TritonNotInstalledWarning``), and ``TRITON`` is
-False. A chapter cell that needs Triton itself asks ``need_triton(what)``;
+False. ``quantize_int8``, plain PyTorch in ``int8_matmul_kernel.py``, is the same
+function either way. A chapter cell that needs Triton itself asks ``need_triton(what)``;
 kernel source is shown with ``infer_lib.source.show``, which imports nothing.
 """
 
@@ -28,6 +29,7 @@ if TRITON:
     from .add_rms_norm_kernel import add_rms_norm, add_rms_norm_ref
     from .decode_attention_kernel import decode_attention, decode_attention_ref
     from .flash_attention_kernel import flash_attention, flash_attention_ref
+    from .int8_matmul_kernel import int8_matmul, int8_matmul_ref, quantize_int8
     from .matmul_kernel import matmul, matmul_ref
     from .matmul_splitk_kernel import matmul_splitk, matmul_splitk_ref
     from .rms_norm_kernel import rms_norm, rms_norm_ref
@@ -36,9 +38,10 @@ if TRITON:
     from .vector_add_kernel import vector_add, vector_add_ref
 else:
     from ._fallback import (add_rms_norm, add_rms_norm_ref, decode_attention,  # noqa: F401
-                            decode_attention_ref, flash_attention, flash_attention_ref, matmul,
-                            matmul_ref, matmul_splitk, matmul_splitk_ref, rms_norm, rms_norm_ref,
-                            softmax, softmax_ref, swiglu, swiglu_ref, vector_add, vector_add_ref)
+                            decode_attention_ref, flash_attention, flash_attention_ref, int8_matmul,
+                            int8_matmul_ref, matmul, matmul_ref, matmul_splitk, matmul_splitk_ref,
+                            quantize_int8, rms_norm, rms_norm_ref, softmax, softmax_ref, swiglu,
+                            swiglu_ref, vector_add, vector_add_ref)
 
 
 def need_triton(what: str) -> bool:
@@ -58,6 +61,7 @@ def need_triton(what: str) -> bool:
 
 
 __all__ = ["TRITON", "TritonNotInstalledWarning", "add_rms_norm", "add_rms_norm_ref", "decode_attention",
-           "decode_attention_ref", "flash_attention", "flash_attention_ref", "matmul",
-           "matmul_ref", "matmul_splitk", "matmul_splitk_ref", "need_triton", "rms_norm", "rms_norm_ref",
-           "softmax", "softmax_ref", "swiglu", "swiglu_ref", "vector_add", "vector_add_ref"]
+           "decode_attention_ref", "flash_attention", "flash_attention_ref", "int8_matmul",
+           "int8_matmul_ref", "matmul", "matmul_ref", "matmul_splitk", "matmul_splitk_ref", "need_triton",
+           "quantize_int8", "rms_norm", "rms_norm_ref", "softmax", "softmax_ref", "swiglu", "swiglu_ref",
+           "vector_add", "vector_add_ref"]

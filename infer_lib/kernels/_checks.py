@@ -17,7 +17,11 @@ def _names(dtypes) -> str:
     return ", ".join(device.dtype_name(d) for d in dtypes)
 
 
-def check_tensor(op: str, name: str, t, *, dtypes=SUPPORTED_FLOAT, ndim: int | None = None) -> None:
+def check_tensor(op: str, name: str, t, *, dtypes=SUPPORTED_FLOAT, ndim: int | None = None,
+                 any_device: bool = False) -> None:
+    """A tensor of one of ``dtypes`` (and ``ndim`` dimensions), on the device the kernels run on
+    (a CUDA tensor where there is a GPU, a CPU tensor where there is none; ``any_device``: either,
+    for plain PyTorch work such as ``quantize_int8``), not requiring grad in grad mode."""
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
     if t.dtype not in dtypes:
@@ -27,10 +31,10 @@ def check_tensor(op: str, name: str, t, *, dtypes=SUPPORTED_FLOAT, ndim: int | N
         raise ValueError(f"{op}: {name} must be {ndim}-D, got shape {tuple(t.shape)}")
     if t.device.type not in ("cuda", "cpu"):
         raise ValueError(f"{op}: {name} is on {t.device}; use a CUDA tensor (or a CPU tensor without a GPU)")
-    if device.HAS_GPU and t.device.type != "cuda":
+    if device.HAS_GPU and t.device.type != "cuda" and not any_device:
         raise ValueError(f"{op}: {name} is on the CPU but this machine has a GPU; Triton kernels "
                          f"run on CUDA tensors here — move it with .cuda()")
-    if not device.HAS_GPU and t.device.type != "cpu":
+    if not device.HAS_GPU and t.device.type != "cpu" and not any_device:
         raise ValueError(f"{op}: {name} is on {t.device} but no GPU is available")
     if t.requires_grad and torch.is_grad_enabled():
         # The launchers return fresh tensors with no autograd graph: a gradient
@@ -71,6 +75,44 @@ def check_matmul_operands(op: str, a, b) -> tuple[int, int, int]:
         raise ValueError(f"{op}: a is (M, K)={tuple(a.shape)} but b is {tuple(b.shape)}: "
                          f"a.shape[1] must equal b.shape[0]")
     return M, K, N
+
+
+def check_int8_matmul_operands(op: str, a, w_q, scales) -> tuple[int, int, int]:
+    """``a (M, K)`` of a float dtype, ``w_q (K, N)`` int8 and ``scales (N,)`` fp32 (what
+    ``quantize_int8`` returns), on one device. Returns ``(M, K, N)``."""
+    check_tensor(op, "a", a, ndim=2)
+    if isinstance(w_q, torch.Tensor) and w_q.dtype != torch.int8:
+        raise TypeError(f"{op}: w_q has dtype {device.dtype_name(w_q.dtype)}; it must be int8, the "
+                        "quantised weights that quantize_int8(w) returns with their scales")
+    check_tensor(op, "w_q", w_q, dtypes=(torch.int8,), ndim=2)
+    if isinstance(scales, torch.Tensor) and scales.dtype != torch.float32:
+        raise TypeError(f"{op}: scales has dtype {device.dtype_name(scales.dtype)}; it must be float32, "
+                        "one scale per column of w_q, as quantize_int8(w) returns them")
+    check_tensor(op, "scales", scales, dtypes=(torch.float32,), ndim=1)
+    for name, t in (("w_q", w_q), ("scales", scales)):
+        if t.device != a.device:
+            raise ValueError(f"{op}: a is on {a.device} but {name} is on {t.device}; put them on one device")
+    (M, K), (K_w, N) = a.shape, w_q.shape
+    if K != K_w:
+        raise ValueError(f"{op}: a is (M, K)={tuple(a.shape)} but w_q is {tuple(w_q.shape)}: "
+                         f"a.shape[1] must equal w_q.shape[0]")
+    if scales.shape[0] != N:
+        raise ValueError(f"{op}: scales has {scales.shape[0]} entries but w_q has N={N} columns "
+                         f"(shape {tuple(w_q.shape)}); there is one scale per column")
+    return M, K, N
+
+
+def check_int8_scale_values(op: str, scales: torch.Tensor) -> None:
+    """Each scale a finite positive number (``quantize_int8`` never makes another); only where
+    ``values_checked`` says reading them is allowed."""
+    if not values_checked(scales):
+        return
+    bad = ~(scales.isfinite() & (scales > 0))
+    if bool(bad.any()):
+        n = int(bad.nonzero()[0, 0])
+        raise ValueError(f"{op}: scales[{n}] = {scales[n].item()} is not a finite positive number; "
+                         "each scale is the largest |w| of its column / 127 (1 for a column of zeros) — "
+                         "make the scales with quantize_int8(w)")
 
 
 def check_sm_scale(op: str, sm_scale) -> None:
@@ -133,10 +175,15 @@ def check_heads(op: str, q, kv, kv_names: str = "k and v", head_dims=(16, 32, 64
         raise ValueError(f"{op}: head dim D={D} unsupported: use a power of two from 16 to 128")
 
 
-def seqlen_values_checked(cache_seqlens: torch.Tensor) -> bool:
-    """Whether a launcher reads per-sequence lengths to check them: free on the CPU; on a GPU a
+def values_checked(t: torch.Tensor) -> bool:
+    """Whether a launcher reads a tensor's values to check them: free on the CPU; on a GPU a
     host synchronisation (and impossible inside a CUDA graph), so only with ``INFER_LIB_CHECKS=1``."""
-    return cache_seqlens.device.type == "cpu" or os.environ.get("INFER_LIB_CHECKS") == "1"
+    return t.device.type == "cpu" or os.environ.get("INFER_LIB_CHECKS") == "1"
+
+
+def seqlen_values_checked(cache_seqlens: torch.Tensor) -> bool:
+    """Whether a launcher reads per-sequence lengths to check them (``values_checked``)."""
+    return values_checked(cache_seqlens)
 
 
 def check_seqlen_values(op: str, cache_seqlens: torch.Tensor, S_max: int) -> None:

@@ -8,7 +8,9 @@ chapter measures.
 
 The ``<op>_ref`` functions are those of ``<op>_kernel.py`` (fp32 inside, cast back;
 NaN and ±inf as there). Those modules import Triton, so their references are read
-from the files and compiled here from that text: one copy, which cannot drift. This module imports no Triton.
+from the files and compiled here from that text: one copy, which cannot drift; so is
+``quantize_int8``, the plain-PyTorch quantiser of ``int8_matmul_kernel.py``. This module
+imports no Triton.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ import torch
 
 from .. import source
 from ..reference import attention_ref
-from ._checks import check_eps, check_seqlen_values
+from ._checks import (check_eps, check_int8_matmul_operands, check_int8_scale_values, check_seqlen_values,
+                      check_tensor)
 
 
 class TritonNotInstalledWarning(UserWarning):
@@ -50,17 +53,26 @@ def _no_config(op: str, config) -> None:
 # The references, as in the kernel files
 # ----------------------------------------------------------------------------
 
+#: kernel file -> what is compiled from it: its reference, and the plain-PyTorch helpers
+#: the launchers need (``quantize_int8`` is the same function with or without Triton)
+_FROM_KERNEL_FILES = {op: (f"{op}_ref",) for op in (
+    "vector_add", "softmax", "matmul", "matmul_splitk", "flash_attention", "decode_attention",
+    "rms_norm", "add_rms_norm", "swiglu")}
+_FROM_KERNEL_FILES["int8_matmul"] = ("quantize_int8", "int8_matmul_ref")
+
+
 def _references() -> dict:
-    """``<op>_ref`` of each kernel file, compiled from that file's own statement (the file
-    name and line numbers kept, so tracebacks and ``inspect.getsource`` point there)."""
-    namespace = {"torch": torch, "attention_ref": attention_ref}
-    for op in ("vector_add", "softmax", "matmul", "matmul_splitk", "flash_attention", "decode_attention",
-               "rms_norm", "add_rms_norm", "swiglu"):
+    """``<op>_ref`` of each kernel file (and ``quantize_int8``), compiled from that file's own
+    statement (the file name and line numbers kept, so tracebacks and ``inspect.getsource``
+    point there)."""
+    namespace = {"torch": torch, "attention_ref": attention_ref, "check_tensor": check_tensor}
+    for op, names in _FROM_KERNEL_FILES.items():
         path = resources.files("infer_lib") / "kernels" / f"{op}_kernel.py"
         tree = ast.parse(path.read_text(encoding="utf-8"))
-        node = next(n for n in tree.body if f"{op}_ref" in source._defined(n))
-        namespace["__name__"] = f"infer_lib.kernels.{op}_kernel"     # where it is defined
-        exec(compile(ast.Module(body=[node], type_ignores=[]), str(path), "exec"), namespace)
+        for name in names:
+            node = next(n for n in tree.body if name in source._defined(n))
+            namespace["__name__"] = f"infer_lib.kernels.{op}_kernel"     # where it is defined
+            exec(compile(ast.Module(body=[node], type_ignores=[]), str(path), "exec"), namespace)
     return namespace
 
 
@@ -74,6 +86,8 @@ decode_attention_ref = _refs["decode_attention_ref"]
 rms_norm_ref = _refs["rms_norm_ref"]
 add_rms_norm_ref = _refs["add_rms_norm_ref"]
 swiglu_ref = _refs["swiglu_ref"]
+int8_matmul_ref = _refs["int8_matmul_ref"]
+quantize_int8 = _refs["quantize_int8"]
 
 
 # ----------------------------------------------------------------------------
@@ -140,3 +154,12 @@ def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     """Without Triton: ``swiglu_ref(gate, up)``."""
     _note("swiglu", "swiglu_ref")
     return swiglu_ref(gate, up)
+
+
+def int8_matmul(a: torch.Tensor, w_q: torch.Tensor, scales: torch.Tensor, *, config=None) -> torch.Tensor:
+    """Without Triton: ``int8_matmul_ref(a, w_q, scales)``, after the launcher's checks."""
+    _no_config("int8_matmul", config)
+    check_int8_matmul_operands("int8_matmul", a, w_q, scales)
+    check_int8_scale_values("int8_matmul", scales)
+    _note("int8_matmul", "int8_matmul_ref")
+    return int8_matmul_ref(a, w_q, scales)

@@ -492,6 +492,76 @@ SPLITK_COUNTS = ("SPLIT_K",)
 
 
 # ----------------------------------------------------------------------------
+# int8_matmul: int8 weights dequantised in registers, decode shapes first
+# ----------------------------------------------------------------------------
+# Not yet measured on a GPU: the lists below carry the split-K kernel's measured shapes
+# over to one-byte weights (the same bytes of weights a step: twice the BLOCK_K or BLOCK_N),
+# untimed. The tuner picks among them per bucketed shape; the GPU run that times them
+# will say which to keep (tools/TUNING_NOTES.md).
+
+def _i8(bm: int, bn: int, bk: int, split: int, stages: int, warps: int = 4) -> triton.Config:
+    return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": split},
+                         num_stages=stages, num_warps=warps)
+
+
+def _i8_smem(config: triton.Config, element_size: int, shape: dict | None = None) -> int:
+    """``num_stages`` buffers of one ``BLOCK_M × BLOCK_K`` slab of ``a`` (``element_size`` bytes)
+    and one ``BLOCK_K × BLOCK_N`` slab of int8 weights (1 byte), plus one dequantised slab of
+    weights in ``a``'s type, the operand ``tl.dot`` reads."""
+    kw = config.kwargs
+    slab_w = kw["BLOCK_K"] * kw["BLOCK_N"]
+    return config.num_stages * (kw["BLOCK_M"] * kw["BLOCK_K"] * element_size + slab_w) + slab_w * element_size
+
+
+def _i8_fits(config: triton.Config, shape: dict) -> bool:
+    kw = config.kwargs
+    if shape["M"] <= SMALL_M:
+        # Decode: one row tile covers all M rows (16 at least, what tl.dot needs), so the
+        # weights are read once.
+        return kw["BLOCK_M"] == max(16, bucket(shape["M"]))
+    # More rows: tall tiles and no split (partials of SPLIT_K · M · N fp32 would grow with M).
+    return kw["BLOCK_M"] >= SMALL_M and kw["SPLIT_K"] == 1
+
+
+#: Per row tile: (BLOCK_N, BLOCK_K, SPLIT_K, num_stages, num_warps), from _SPLITK_HOPPER's
+#: winners with the slabs of weights kept at about the same bytes; a few splits for weights
+#: with few columns. Rows past SMALL_M ("prefill"): 64- and 128-row tiles without a split.
+_INT8_HOPPER = {
+    16: [(256, 128, 4, 3, 8), (128, 128, 4, 3, 4), (128, 256, 2, 3, 4), (64, 256, 1, 4, 4),
+         (64, 512, 1, 3, 4), (128, 256, 1, 4, 4), (64, 256, 2, 4, 4), (64, 256, 8, 3, 4)],
+    32: [(64, 256, 1, 4, 4), (64, 512, 1, 2, 4), (128, 256, 1, 3, 4), (128, 128, 2, 4, 4),
+         (64, 256, 8, 3, 4)],
+    64: [(64, 256, 1, 3, 4), (64, 256, 1, 4, 8), (128, 128, 1, 4, 4), (128, 256, 1, 2, 8),
+         (64, 256, 4, 3, 4), (64, 128, 1, 3, 4)],
+    128: [(128, 128, 1, 3, 8), (256, 64, 1, 3, 8), (128, 64, 1, 4, 4)],
+}
+
+INT8_MATMUL = KernelConfigs(
+    name="int8_matmul",
+    lists={
+        "hopper": [_i8(bm, bn, bk, split, stages, warps)
+                   for bm, rows in _INT8_HOPPER.items() for bn, bk, split, stages, warps in rows],
+        # Other GPUs: the same shapes of tile with shallower pipelines, pruned by shared
+        # memory; the 64×64 slabs in two stages fit a T4's 64 KB even in fp32.
+        "default": [_i8(bm, bn, bk, split, stages)
+                    for bm in (16, 32, 64)
+                    for bn, bk, split, stages in ((64, 256, 1, 3), (128, 128, 1, 3), (128, 128, 4, 3),
+                                                  (64, 256, 4, 3), (64, 128, 8, 3), (64, 64, 1, 2),
+                                                  (64, 64, 4, 2))]
+                   + [_i8(128, 128, 64, 1, 3, 8), _i8(64, 128, 128, 1, 3)],
+    },
+    smem_bytes=_i8_smem,
+    fits=_i8_fits,
+    fallbacks=[_i8(16, 64, 128, 2, 3), _i8(16, 32, 64, 1, 2)],
+    # Several K slices even for the tests' tiny K: the reduction path runs in the interpreter too.
+    interpreter=_i8(16, 32, 32, 4, 1),
+)
+
+INT8_BLOCKS = {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16}
+INT8_COUNTS = ("SPLIT_K",)
+
+
+# ----------------------------------------------------------------------------
 # rms_norm and add_rms_norm (row normalisations), swiglu (elementwise)
 # ----------------------------------------------------------------------------
 # Not yet measured on a GPU: the rule below is softmax's (measured for softmax on the H200,
