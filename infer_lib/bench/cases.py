@@ -18,7 +18,7 @@ from .attention_cases import flash_attention_cases, softmax_cases
 from .core import Case
 from .decode_cases import decode_attention_cases
 from .fusion_cases import add_rms_norm_cases, rms_norm_cases, swiglu_cases
-from .matmul_cases import batch_sweep, matmul_cases
+from .matmul_cases import batch_sweep, int8_matmul_cases, matmul_cases
 
 
 def _randn(*shape, dtype):
@@ -54,4 +54,5 @@ CASES = {
     "rms_norm": rms_norm_cases,
     "add_rms_norm": add_rms_norm_cases,
     "swiglu": swiglu_cases,
+    "int8_matmul": int8_matmul_cases,
 }

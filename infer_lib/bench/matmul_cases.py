@@ -92,3 +92,39 @@ def batch_sweep(smoke: bool, *, d: int | None = None, batches: tuple[int, ...] |
         out.append(_mm_case("matmul_batch_sweep", f"B={B} d={d} {device.dtype_name(dtype)}",
                             {"B": B, "d": d, "dtype": device.dtype_name(dtype)}, B, d, d, dtype, X, W, out_scale=1.0))
     return out
+
+
+def int8_matmul_cases(smoke: bool) -> list[Case]:
+    """Int8 weight-only matmul on decode shapes: ``a (M, K)`` in bf16 (fp16 without bf16) times
+    int8 weights ``(K, N)`` with one fp32 scale per column, ``K = N = 8192`` (smoke: 64), for
+    ``M`` = 1, 16, 64 tokens. GB/s on the bytes it must move: the int8 weights and the scales
+    once, ``a`` read and ``c`` written once. Peers: cuBLAS on the same weights in 16 bit (what
+    int8 is meant to beat: twice the weight bytes) and PyTorch's eager int8 path, which writes
+    and reads back a dequantised 16-bit copy of the weights before its matmul. Ours is checked
+    against both before timing (the 16-bit copy rounds each weight once: a relative error of
+    ~2⁻⁸ per weight, ~√K · 2⁻⁸ on an output of size ~√K)."""
+    from ..kernels import int8_matmul, quantize_int8
+    from ..kernels.int8_matmul_kernel import best_config   # needs Triton: imported where built
+
+    K = N = 64 if smoke else 8192
+    dtype = torch.bfloat16 if device.supports_bf16() else torch.float16
+    w_q, scales = quantize_int8(torch.randn(K, N, device=device.DEVICE, dtype=dtype))
+    w16 = (w_q.float() * scales).to(dtype)                       # the same weights in 16 bit
+    out = []
+    for M in ((1, 16) if smoke else (1, 16, 64)):
+        a = torch.randn(M, K, device=device.DEVICE, dtype=dtype)
+        s = dtype.itemsize
+        out.append(Case(
+            kernel="int8_matmul", case=f"M={M} N={N} K={K} int8 weights, {device.dtype_name(dtype)}",
+            params={"M": M, "N": N, "K": K, "dtype": device.dtype_name(dtype), "weights": "int8"},
+            unit="GB/s",
+            bytes=K * N + 4 * N + (M * K + M * N) * s,   # int8 weights and scales once, a and c once
+            flops=2 * M * N * K,
+            ours=("triton int8_matmul", lambda a=a: int8_matmul(a, w_q, scales)),
+            peers=[("torch.matmul, 16-bit weights (cuBLAS)", lambda a=a: torch.matmul(a, w16)),
+                   ("torch eager: dequantise, then matmul",
+                    lambda a=a: torch.matmul(a, w_q.to(dtype) * scales.to(dtype)))],
+            atol=3e-2 * math.sqrt(K), rtol=3e-2,
+            info=lambda a=a: {"config": str(best_config(a, w_q) or "fixed default (not autotuned)")},
+        ))
+    return out
