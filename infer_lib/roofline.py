@@ -259,6 +259,39 @@ def critical_batch_size(spec: hardware.GPUSpec, dtype: torch.dtype | str = torch
     return critical_batch_size_from(peak, bw, bytes_per_element(dtype))
 
 
+# ----------------------------------------------------------------------------
+# Communication: the ring all-reduce (chapter on several GPUs)
+# ----------------------------------------------------------------------------
+
+def ring_allreduce_bytes(payload_bytes: float, n: int) -> float:
+    """Bytes each of ``n`` ranks sends (and receives) in a ring all-reduce of ``payload_bytes``:
+    ``2 · (n − 1) / n · payload``. The ring cuts the payload into ``n`` chunks and passes them
+    around twice, ``n − 1`` steps to add up each chunk (reduce-scatter) and ``n − 1`` to hand the
+    sums around (all-gather); 0 for one rank."""
+    n = _count("n", n)
+    return 2 * (n - 1) / n * _nonneg("payload_bytes", payload_bytes)
+
+
+def ring_allreduce_time(payload_bytes: float, n: int, link_bandwidth: float,
+                        latency: float = 0.0) -> float:
+    """Seconds of a ring all-reduce of ``payload_bytes`` over ``n`` ranks: ``2 · (n − 1)``
+    steps, each moving one chunk (``payload / n``) over every rank's outgoing link at
+    ``link_bandwidth`` (B/s in **one direction**: half of the bidirectional NVLink and PCIe
+    totals that ``hardware.SPECS`` quotes) and paying ``latency`` seconds::
+
+        2 · (n − 1) · (latency + payload / (n · link_bandwidth))
+
+    At decode batch sizes the payload is small (``B · d`` numbers) and the latency term
+    dominates; at large payloads the time tends to ``2 · payload / link_bandwidth`` whatever
+    ``n``. 0 for one rank."""
+    n = _count("n", n)
+    if n == 1:
+        return 0.0
+    link_bandwidth = _positive("link_bandwidth", link_bandwidth)
+    latency = _nonneg("latency", latency)
+    return 2 * (n - 1) * (latency + _nonneg("payload_bytes", payload_bytes) / (n * link_bandwidth))
+
+
 def bound(op: Op, spec: hardware.GPUSpec, dtype: torch.dtype | str = torch.bfloat16, *,
           cuda_cores: bool = False) -> str:
     """``"memory"`` if ``op``'s intensity is below ``spec``'s machine balance for
@@ -357,5 +390,6 @@ def place(ax, op: Op, time_s: float, *, label: str, source: plotting.Source | No
 
 
 __all__ = ["Op", "bytes_per_element", "elementwise", "reduction", "matmul", "roofline_time",
+           "ring_allreduce_bytes", "ring_allreduce_time",
            "attainable_flops", "ceilings", "cuda_core_ceilings", "cuda_core_balance", "machine_balance", "critical_batch_size",
            "critical_batch_size_from", "bound", "figure", "plot_roofline", "plot_rooflines", "place"]

@@ -310,3 +310,36 @@ def test_plot_rooflines_draws_both_roofs():
     import matplotlib.pyplot as plt
 
     plt.close(fig)
+
+
+# --- the ring all-reduce ----------------------------------------------------------------------
+
+def test_ring_allreduce_bytes_per_rank():
+    assert roofline.ring_allreduce_bytes(1e6, 1) == 0
+    assert roofline.ring_allreduce_bytes(1e6, 2) == pytest.approx(1e6)       # 2·1/2
+    assert roofline.ring_allreduce_bytes(1e6, 8) == pytest.approx(1.75e6)    # 2·7/8
+    # tends to twice the payload with many ranks
+    assert roofline.ring_allreduce_bytes(1e6, 1024) == pytest.approx(2e6, rel=1e-3)
+
+
+def test_ring_allreduce_time_is_its_bytes_over_one_direction_plus_its_steps_latency():
+    bw, lat = 450e9, 5e-6                       # one direction of an H100's 900 GB/s NVLink
+    for n in (2, 4, 8):
+        t = roofline.ring_allreduce_time(64e6, n, bw, latency=lat)
+        steps = 2 * (n - 1)
+        assert t == pytest.approx(roofline.ring_allreduce_bytes(64e6, n) / bw + steps * lat)
+    assert roofline.ring_allreduce_time(64e6, 1, bw, latency=lat) == 0
+    # a decode-sized payload (16 tokens · 8192 · 2 bytes) is latency-bound
+    small = roofline.ring_allreduce_time(16 * 8192 * 2, 8, bw, latency=lat)
+    assert small == pytest.approx(14 * lat, rel=0.05)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"payload_bytes": -1, "n": 2, "link_bandwidth": 1e9}, "payload_bytes"),
+    ({"payload_bytes": 1, "n": 0, "link_bandwidth": 1e9}, "n"),
+    ({"payload_bytes": 1, "n": 2, "link_bandwidth": 0}, "link_bandwidth"),
+    ({"payload_bytes": 1, "n": 2, "link_bandwidth": 1e9, "latency": -1e-6}, "latency"),
+])
+def test_ring_allreduce_refuses_bad_input(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        roofline.ring_allreduce_time(**kwargs)
