@@ -329,6 +329,20 @@ class Transformer(nn.Module):
             block.self_attn.backend = name
 
     def forward(self, tokens: torch.Tensor, cache=None, last_only: bool = False) -> torch.Tensor:
+        positions, cos, sin, cache_seqlens = self._inputs(tokens, cache)
+        x = self.embed_tokens(tokens)                               # (B, S, d)
+        for block in self.layers:
+            x = block(x, cos, sin, positions, cache, cache_seqlens)
+        if cache is not None:
+            cache.seqlens.copy_(cache_seqlens)                      # in place: the cache's rows advance
+        if last_only:
+            x = x[:, -1:]
+        return self.lm_head(self.norm(x))                           # (B, S, V)
+
+    def _inputs(self, tokens: torch.Tensor, cache=None):
+        """Check ``tokens`` (B, S) and the cache; return ``positions`` (B, S) int64, the RoPE
+        ``cos, sin`` (B, S, D) of those positions and ``cache_seqlens`` (B,) int32, the cache's
+        lengths after this step (None without a cache). Shared with ``fast.FusedTransformer``."""
         if not isinstance(tokens, torch.Tensor):
             raise ValueError(f"tokens must be an integer tensor (B, S), got {type(tokens).__name__}")
         if tokens.dim() != 2 or tokens.dtype.is_floating_point or tokens.dtype.is_complex \
@@ -351,11 +365,4 @@ class Transformer(nn.Module):
             cache_seqlens = cache.seqlens + S                       # (B,) int32, after this step
             positions = cache.seqlens[:, None].long() + steps       # (B, S)
         cos, sin = self.rope_cos[positions], self.rope_sin[positions]   # (B, S, D)
-        x = self.embed_tokens(tokens)                               # (B, S, d)
-        for block in self.layers:
-            x = block(x, cos, sin, positions, cache, cache_seqlens)
-        if cache is not None:
-            cache.seqlens.copy_(cache_seqlens)                      # in place: the cache's rows advance
-        if last_only:
-            x = x[:, -1:]
-        return self.lm_head(self.norm(x))                           # (B, S, V)
+        return positions, cos, sin, cache_seqlens
