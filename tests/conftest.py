@@ -186,3 +186,37 @@ def random_model(config, backend: str = "sdpa", seed: int = 0):
         if n.endswith("norm.weight"):
             p.normal_(1.0, 0.2)
     return model
+
+
+# -- processes of a distributed group (tests of infer_lib.parallel and its runners) -----------
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (the OS picks it): one per group, so
+    that groups of different pytest-xdist workers never meet."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def spawn_ranks(fn, world_size: int, *args, deadline_s: float = 150) -> None:
+    """Run ``fn(rank, world_size, *args)`` in ``world_size`` fresh processes; raise the first
+    one's error (the others are terminated), or fail after ``deadline_s``. No process outlives
+    the call."""
+    import time
+
+    import torch.multiprocessing as mp
+
+    context = mp.start_processes(fn, args=(world_size, *args), nprocs=world_size, join=False,
+                                 start_method="spawn")
+    start = time.monotonic()
+    try:
+        while not context.join(timeout=0.5):
+            if time.monotonic() - start > deadline_s:
+                pytest.fail(f"{world_size} processes still running after {deadline_s} s")
+    finally:
+        for p in context.processes:
+            if p.is_alive():
+                p.kill()
+            p.join()

@@ -13,17 +13,16 @@ a deadline: a failure never leaves a process behind or hangs the run.
 
 import dataclasses
 import os
-import socket
 import time
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from infer_lib import parallel
 from infer_lib.model import PRESETS, KVCache, ModelConfig, Transformer, decode_one_token, generate, prefill
+from conftest import free_port, spawn_ranks  # noqa: E402
 
 ATOL, RTOL = 1e-5, 1e-5          # fp32: the row-parallel sums add in another order
 DEADLINE_S = 150                 # a spawned group that outlives this is killed and the test fails
@@ -155,29 +154,6 @@ def test_refuses_without_a_process_group(monkeypatch):
 # -- N processes -------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _spawn(fn, world_size: int, *args) -> None:
-    """Run ``fn(rank, world_size, port, *args)`` in ``world_size`` fresh processes; raise the
-    first one's error (the others are terminated), or fail after ``DEADLINE_S``."""
-    context = mp.start_processes(fn, args=(world_size, _free_port(), *args), nprocs=world_size,
-                                 join=False, start_method="spawn")
-    start = time.monotonic()
-    try:
-        while not context.join(timeout=0.5):
-            if time.monotonic() - start > DEADLINE_S:
-                pytest.fail(f"{world_size} processes still running after {DEADLINE_S} s")
-    finally:
-        for p in context.processes:
-            if p.is_alive():
-                p.kill()
-            p.join()
-
-
 def _join(rank: int, world_size: int, port: int, timeout_s: float = 30, ready_dir=None) -> parallel.RankInfo:
     """``parallel.init`` as under torchrun. With ``ready_dir``, first wait (files, not
     collectives) until every process has started, so that a short ``timeout_s`` measures the
@@ -283,7 +259,7 @@ def _worker_matches(rank: int, world_size: int, port: int, names: list[str]) -> 
 
 @pytest.mark.parametrize("world_size", [2, 4])
 def test_tensor_parallel_matches_one_process(world_size):
-    _spawn(_worker_matches, world_size, list(CONFIGS))
+    spawn_ranks(_worker_matches, world_size, free_port(), list(CONFIGS), deadline_s=DEADLINE_S)
 
 
 def _worker_timeout(rank: int, world_size: int, port: int, ready_dir: str) -> None:
@@ -301,4 +277,4 @@ def _worker_timeout(rank: int, world_size: int, port: int, ready_dir: str) -> No
 
 
 def test_a_collective_some_rank_never_joins_fails_instead_of_hanging(tmp_path):
-    _spawn(_worker_timeout, 2, str(tmp_path))
+    spawn_ranks(_worker_timeout, 2, free_port(), str(tmp_path), deadline_s=DEADLINE_S)

@@ -16,44 +16,19 @@ for _name, _value in (("NCCL_NVLS_ENABLE", "0"), ("TORCH_SYMM_MEM_DISABLE_MULTIC
     os.environ.setdefault(_name, _value)
 
 import json  # noqa: E402
-import socket  # noqa: E402
-import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
-import torch.multiprocessing as mp  # noqa: E402
 
 from infer_lib import device, measure, parallel  # noqa: E402
 from infer_lib.experiments import allreduce, decode, tp_decode  # noqa: E402
 from infer_lib.model import ModelConfig  # noqa: E402
+from conftest import free_port, spawn_ranks  # noqa: E402
 
 DEADLINE_S = 120                 # a spawned group that outlives this is killed and the test fails
 TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _spawn(fn, world_size: int, *args) -> None:
-    """Run ``fn(rank, world_size, *args)`` in ``world_size`` fresh processes; raise the first
-    one's error (the others are terminated), or fail after ``DEADLINE_S``."""
-    context = mp.start_processes(fn, args=(world_size, *args), nprocs=world_size, join=False,
-                                 start_method="spawn")
-    start = time.monotonic()
-    try:
-        while not context.join(timeout=0.5):
-            if time.monotonic() - start > DEADLINE_S:
-                pytest.fail(f"{world_size} processes still running after {DEADLINE_S} s")
-    finally:
-        for p in context.processes:
-            if p.is_alive():
-                p.kill()
-            p.join()
 
 
 def _torchrun_env(rank: int, world_size: int, port: int) -> dict:
@@ -113,7 +88,7 @@ def _check_tp(doc: dict, N: int) -> None:
 
 
 def test_two_processes_run_both_commands_and_only_rank_0_writes(tmp_path):
-    _spawn(_worker, 2, (_free_port(), _free_port()), str(tmp_path))
+    spawn_ranks(_worker, 2, (free_port(), free_port()), str(tmp_path), deadline_s=DEADLINE_S)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["rank0"]          # rank 1 wrote nothing
     assert sorted(p.name for p in (tmp_path / "rank0").iterdir()) == ["allreduce_cpux2.json", "tp_cpux2.json"]
     _check_allreduce(_load(tmp_path / "rank0" / "allreduce_cpux2.json", allreduce.SCHEMA), 2)
@@ -123,7 +98,7 @@ def test_two_processes_run_both_commands_and_only_rank_0_writes(tmp_path):
 def test_one_process_without_spawning(tmp_path, monkeypatch):
     for module, name, check in ((allreduce, "allreduce_cpux1.json", _check_allreduce),
                                 (tp_decode, "tp_cpux1.json", _check_tp)):
-        for key, value in _torchrun_env(0, 1, _free_port()).items():
+        for key, value in _torchrun_env(0, 1, free_port()).items():
             monkeypatch.setenv(key, value)
         try:
             module.main(["--out-dir", str(tmp_path), "--smoke"])
@@ -166,7 +141,7 @@ def test_the_commands_refuse_outside_torchrun(module, tmp_path, monkeypatch, cap
 @pytest.mark.skipif(device.HAS_GPU, reason="checks the refusal on a machine without a GPU")
 @pytest.mark.parametrize("module", [allreduce, tp_decode])
 def test_the_commands_refuse_to_time_cpus(module, tmp_path, monkeypatch, capsys):
-    for key, value in _torchrun_env(0, 1, _free_port()).items():
+    for key, value in _torchrun_env(0, 1, free_port()).items():
         monkeypatch.setenv(key, value)
     with pytest.raises(SystemExit) as exit_:
         module.main(["--out-dir", str(tmp_path)])
