@@ -73,6 +73,9 @@ Usage, under ``torchrun --nproc-per-node N script.py``::
 
 Modules: ``sharding`` (the rules, pure functions), ``distributed`` (``init``, ``shutdown``,
 ``check_replicas``), ``tensor_parallel`` (the model and its parallel layers).
+
+``cost`` predicts what it buys a decode step: each rank's bytes at its HBM bandwidth plus the
+collectives at its link's (``cost.predict_decode_step``).
 """
 
 from .distributed import DEFAULT_TIMEOUT, RankInfo, check_replicas, checksum, init, rank_info, shutdown
