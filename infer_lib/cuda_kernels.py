@@ -45,7 +45,6 @@ M. Harris, "Optimizing Parallel Reduction in CUDA" (NVIDIA, 2007).
 from __future__ import annotations
 
 import functools
-import importlib.util
 import numbers
 
 import numpy as np
@@ -54,13 +53,8 @@ from . import device  # noqa: F401  (sets NUMBA_ENABLE_CUDASIM before numba.cuda
 
 
 def _require_numba_cuda() -> None:
-    for name in ("numba", "numba_cuda"):
-        try:
-            found = importlib.util.find_spec(name) is not None
-        except (ImportError, ValueError):
-            found = False
-        if not found:
-            raise ImportError(
+    if not all(device.installed(name) for name in ("numba", "numba_cuda")):
+        raise ImportError(
                 "infer_lib.cuda_kernels needs numba-cuda (NVIDIA's CUDA target for Numba): "
                 "`pip install numba-cuda` (it brings numba and llvmlite), then restart the Python "
                 "kernel. Without a GPU its kernels run in Numba's CUDA simulator."
@@ -178,10 +172,9 @@ def vector_add(x: np.ndarray, y: np.ndarray, threads_per_block: int = 256) -> np
     n = x.shape[0]
     if n == 0:
         return np.empty(0, np.float32)  # a grid of zero blocks is not a valid launch
-    blocks = (n + tpb - 1) // tpb
     d_x, d_y = cuda.to_device(x), cuda.to_device(y)
     d_out = cuda.device_array(n, np.float32)
-    _vector_add_kernel[blocks, tpb](d_x, d_y, d_out)
+    launch_vector_add(d_x, d_y, d_out, tpb)
     return d_out.copy_to_host()
 
 

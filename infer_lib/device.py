@@ -36,14 +36,20 @@ import torch
 HAS_GPU: bool = torch.cuda.is_available()
 
 
+def installed(name: str) -> bool:
+    """Whether ``import name`` can find the package, asked without importing it (a finder that
+    refuses it, or a broken entry, counts as not installed)."""
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
 def _triton_installed() -> bool:
     """Whether ``import triton`` can find Triton, asked without importing it."""
     if "triton" in sys.modules:
         return sys.modules["triton"] is not None   # None: imports of triton are blocked
-    try:
-        return importlib.util.find_spec("triton") is not None
-    except (ImportError, ValueError):             # a finder refusing it, a broken entry
-        return False
+    return installed("triton")
 
 
 #: True when Triton is installed. Without it (macOS, a CPU-only pip install of torch on

@@ -53,7 +53,7 @@ itself, and the blocks that pass here are blocks the GPU accepts. Nothing is tim
 
 jax is an optional dependency (``pip install jax``, or the package's extra
 ``infer-lib[pallas]``); this module is the only one of ``infer_lib`` that imports it, so
-``import infer_lib`` works without it. It imports nothing from ``infer_lib``.
+``import infer_lib`` works without it. From ``infer_lib`` it imports only ``device``.
 
 References: the Pallas documentation (quickstart, "Grids and BlockSpecs"),
 https://docs.jax.dev/en/latest/pallas/; B. Zhang, R. Sennrich, "Root Mean Square Layer
@@ -63,7 +63,6 @@ Normalization" (2019), https://arxiv.org/abs/1910.07467.
 from __future__ import annotations
 
 import functools
-import importlib.util
 import math
 import numbers
 import os
@@ -72,6 +71,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from . import device  # only its installed(); importing infer_lib already ran it
+
 # Without this, JAX reserves 75% of the GPU's memory the first time it touches the GPU and
 # starves the PyTorch cells of the same notebook (and PyTorch's reservations starve JAX).
 # It must be in the environment before JAX first uses the GPU; a value the user set stays.
@@ -79,18 +80,13 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 
 def _require_jax() -> None:
-    for name in ("jax", "jaxlib"):
-        try:
-            found = importlib.util.find_spec(name) is not None
-        except (ImportError, ValueError):
-            found = False
-        if not found:
-            raise ImportError(
-                "infer_lib.pallas_kernels needs JAX (its kernel language Pallas): `pip install jax` "
-                "(the CPU build; without a GPU the kernels run in Pallas' interpret mode), or the "
-                "package's extra `pip install 'infer-lib[pallas]'`, then restart the Python kernel. "
-                "On a GPU, install JAX's CUDA build (`pip install 'jax[cuda13]'`)."
-            )
+    if not all(device.installed(name) for name in ("jax", "jaxlib")):
+        raise ImportError(
+            "infer_lib.pallas_kernels needs JAX (its kernel language Pallas): `pip install jax` "
+            "(the CPU build; without a GPU the kernels run in Pallas' interpret mode), or the "
+            "package's extra `pip install 'infer-lib[pallas]'`, then restart the Python kernel. "
+            "On a GPU, install JAX's CUDA build (`pip install 'jax[cuda13]'`)."
+        )
 
 
 _require_jax()

@@ -259,21 +259,28 @@ def _report(doc: dict) -> None:
               f"busbw {r['busbw_GBps']:8.2f} GB/s{model}")
 
 
+def run_and_write(measure_fn, out_dir: Path, topic: str, schema, report) -> None:
+    """Every rank runs ``measure_fn()`` (its collectives must pair up); rank 0 validates the
+    document against ``schema``, writes ``<topic>_<gpu>x<N>.json`` in ``out_dir`` and reports it;
+    the process group is shut down whatever happens."""
+    try:
+        doc = measure_fn()
+        if dist.get_rank() == 0:
+            measure.validate(doc, schema)
+            path = measure.save(doc, out_path(out_dir, topic, doc["params"]["world_size"]))
+            report(doc)
+            print(f"-> {path}")
+    finally:
+        parallel.shutdown()
+
+
 def main(argv=None) -> None:
     """``torchrun --nproc-per-node N -m infer_lib.experiments.allreduce --out-dir DIR [--smoke]``."""
     args = cli(argv, topic="allreduce",
                description="Time torch.distributed.all_reduce from 4 KiB to 1 GiB against the ring model; "
                            "rank 0 writes allreduce_<gpu>x<N>.json.",
                why_gpu="gloo on CPUs says nothing about NCCL over NVLink")
-    try:
-        doc = run(smoke=args.smoke)
-        if dist.get_rank() == 0:
-            measure.validate(doc, SCHEMA)
-            path = measure.save(doc, out_path(args.out_dir, "allreduce", doc["params"]["world_size"]))
-            _report(doc)
-            print(f"-> {path}")
-    finally:
-        parallel.shutdown()
+    run_and_write(lambda: run(smoke=args.smoke), args.out_dir, "allreduce", SCHEMA, _report)
 
 
 if __name__ == "__main__":

@@ -148,7 +148,9 @@ def make_inputs(op: str, rows: int, cols: int, dtype: torch.dtype) -> tuple[torc
     return x, torch.randn_like(x)
 
 
-def _check(got, want, dtype, what: str) -> None:
+def check_against_eager(got, want, dtype, what: str) -> None:
+    """Raise unless ``got`` (one tensor or a tuple) matches eager PyTorch's ``want`` within the
+    tolerance of ``dtype`` (``TOLERANCES``); ``what`` names the implementation in the message."""
     atol, rtol = TOLERANCES[dtype]
     got = got if isinstance(got, tuple) else (got,)
     want = want if isinstance(want, tuple) else (want,)
@@ -212,7 +214,7 @@ def fusion_record(op: str, rows: int, cols: int, dtype: torch.dtype, copy_GBps: 
     eager, ours = EAGER[op], OURS[op]
     with torch.no_grad():
         want = eager(*args)
-        _check(ours(*args), want, dtype, f"ours ({op}, {rows}x{cols})")
+        check_against_eager(ours(*args), want, dtype, f"ours ({op}, {rows}x{cols})")
         record["eager"] = _impl(timer(lambda: eager(*args)), record["fused_bytes"], copy_GBps)
         if not smoke:
             compiled = torch.compile(eager, dynamic=False, fullgraph=True)
@@ -230,7 +232,7 @@ def fusion_record(op: str, rows: int, cols: int, dtype: torch.dtype, copy_GBps: 
                 code[op] = trim_code("\n\n".join(sources))
             else:
                 got = compiled(*args)
-            _check(got, want, dtype, f"torch.compile ({op}, {rows}x{cols})")
+            check_against_eager(got, want, dtype, f"torch.compile ({op}, {rows}x{cols})")
             record["compiled"] = _impl(timer(lambda: compiled(*args)), record["fused_bytes"], copy_GBps)
         record["ours"] = _impl(timer(lambda: ours(*args)), record["fused_bytes"], copy_GBps)
     return record

@@ -66,7 +66,7 @@ import torch.distributed as dist  # noqa: E402
 from .. import device, measure, parallel  # noqa: E402
 from ..model import KVCache, ModelConfig, decode_one_token  # noqa: E402
 from ..parallel import sharding  # noqa: E402
-from .allreduce import cli, group_provenance, max_over_ranks, out_path  # noqa: E402
+from .allreduce import cli, group_provenance, max_over_ranks, run_and_write  # noqa: E402
 from .decode import _graphed_step  # noqa: E402
 
 TIMING = ("GPU time of one decode step (CUDA graph replay, or eager where capture failed: see each "
@@ -293,16 +293,9 @@ def main(argv=None) -> None:
                why_gpu="CPU timings say nothing about decoding speed on GPUs")
     if any(b < 1 for b in args.batches) or args.context < 1:
         raise SystemExit("--batches and --context must be positive")
-    try:
-        doc = run(args.preset, batches=args.batches, context=args.context, backend=args.backend,
-                  smoke=args.smoke)
-        if dist.get_rank() == 0:
-            measure.validate(doc, SCHEMA)
-            path = measure.save(doc, out_path(args.out_dir, "tp", doc["params"]["world_size"]))
-            _report(doc)
-            print(f"-> {path}")
-    finally:
-        parallel.shutdown()
+    run_and_write(lambda: run(args.preset, batches=args.batches, context=args.context,
+                              backend=args.backend, smoke=args.smoke),
+                  args.out_dir, "tp", SCHEMA, _report)
 
 
 if __name__ == "__main__":

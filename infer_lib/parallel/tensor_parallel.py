@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..model.config import ModelConfig
-from ..model.layers import Block, RMSNorm, check_backend, rope_tables
+from ..model.layers import Block, RMSNorm, Transformer, check_backend, rope_tables
 from . import sharding
 from .distributed import check_replicas, rank_info
 
@@ -158,60 +158,24 @@ class TensorParallelTransformer(nn.Module):
         self.requires_grad_(False)
         self.eval()
 
-    @property
-    def backend(self) -> str:
-        return self.layers[0].self_attn.backend
-
-    @backend.setter
-    def backend(self, name: str) -> None:
-        check_backend(name)
-        for block in self.layers:
-            block.self_attn.backend = name
-
-    def forward(self, tokens: torch.Tensor, cache=None, last_only: bool = False) -> torch.Tensor:
-        """``Transformer.forward``: tokens (B, S) → logits (B, S, V) (``(B, 1, V)`` with
-        ``last_only``), the same on every rank; with a ``KVCache`` built from ``self.config``,
-        appends to it. Communicates: every rank must call it with the same tokens."""
-        positions, cos, sin, cache_seqlens = self._inputs(tokens, cache)
-        x = self.embed_tokens(tokens)                               # (B, S, d), all-reduced
-        for block in self.layers:                                   # two all-reduces each
-            x = block(x, cos, sin, positions, cache, cache_seqlens)
-        if cache is not None:
-            cache.seqlens.copy_(cache_seqlens)
-        if last_only:
-            x = x[:, -1:]
-        return self.lm_head(self.norm(x))                           # (B, S, V), all-gathered
+    # The single-device model's own steps: embed, the blocks, the norm and the head; here
+    # the layers communicate (the embedding and each block all-reduce, the head all-gathers),
+    # so every rank must call forward with the same tokens.
+    backend = Transformer.backend
+    forward = Transformer.forward
 
     def _inputs(self, tokens: torch.Tensor, cache=None):
-        """As ``Transformer``'s: check tokens (B, S) and the cache, return positions (B, S), the
-        RoPE cos, sin (B, S, D) and the cache's lengths after this step (None without one)."""
-        if not isinstance(tokens, torch.Tensor) or tokens.dim() != 2 or tokens.dtype.is_floating_point \
-                or tokens.dtype.is_complex or tokens.dtype == torch.bool:
-            shape = tuple(tokens.shape) if isinstance(tokens, torch.Tensor) else type(tokens).__name__
-            raise ValueError(f"tokens must be an integer tensor (B, S), got {shape}")
+        """``Transformer._inputs``, plus two checks a shard needs: token ids within the
+        vocabulary (a vocabulary-parallel embedding would give an out-of-range id zeros, not an
+        error) and a cache of this rank's K/V heads."""
+        out = Transformer._inputs(self, tokens, cache)
         capturing = torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
         if not capturing and tokens.numel():                        # one host sync; not in a CUDA graph
             lo, hi = int(tokens.min()), int(tokens.max())
             if lo < 0 or hi >= self.config.vocab_size:
                 raise ValueError(f"token ids must lie in [0, {self.config.vocab_size}), got {lo} … {hi}")
-        B, S = tokens.shape
-        steps = torch.arange(S, device=tokens.device)
-        if cache is None:
-            if S > self.config.max_seq_len:
-                raise ValueError(f"sequence of S={S} tokens is longer than the model's "
-                                 f"max_seq_len={self.config.max_seq_len}")
-            positions, cache_seqlens = steps.expand(B, S), None
-        else:
-            if cache.batch_size != B:
-                raise ValueError(f"tokens have B={B} sequences but the cache holds {cache.batch_size}; "
-                                 "use cache.select(rows) for a part of its batch")
-            H_kv = cache.k_cache.shape[2]
-            if H_kv != self.config.n_kv_heads:
-                raise ValueError(f"the cache holds {H_kv} K/V heads but rank {self.rank} holds "
-                                 f"{self.config.n_kv_heads}: build it from the shard's config, "
-                                 "KVCache(model.config, ...), not the full model's")
-            cache.check_room(S)
-            cache_seqlens = cache.seqlens + S                       # (B,) int32
-            positions = cache.seqlens[:, None].long() + steps       # (B, S)
-        cos, sin = self.rope_cos[positions], self.rope_sin[positions]   # (B, S, D)
-        return positions, cos, sin, cache_seqlens
+        if cache is not None and cache.k_cache.shape[2] != self.config.n_kv_heads:
+            raise ValueError(f"the cache holds {cache.k_cache.shape[2]} K/V heads but rank {self.rank} "
+                             f"holds {self.config.n_kv_heads}: build it from the shard's config, "
+                             "KVCache(model.config, ...), not the full model's")
+        return out
