@@ -199,7 +199,12 @@ def test_fuse_and_matmul_change_no_weight_and_reset_restores_the_plain_model(lay
     assert model.embed_tokens.weight.is_contiguous()                    # a tied head is never relaid
     q = model.layers[0].self_attn.q_proj
     assert isinstance(q, MatmulLinear) and q.weight is params["layers.0.self_attn.q_proj.weight"]
-    assert q.weight.t().is_contiguous() == (layout == "kn")
+    # (d_in, d_out)-major after layout="kn" (a view of the block's merged q/k/v weight), rows otherwise
+    c = model.config
+    qkv_rows = (c.n_heads + 2 * c.n_kv_heads) * c.head_dim
+    assert (q.weight.stride() == (1, qkv_rows)) == (layout == "kn"), q.weight.stride()
+    merged = model.layers[0].self_attn._fused_qkv.weight
+    assert q.weight.untyped_storage().data_ptr() == merged.untyped_storage().data_ptr()
     after = dict(model.named_parameters())
     assert after.keys() == before.keys()
     for n, p in after.items():

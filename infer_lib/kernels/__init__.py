@@ -32,7 +32,9 @@ if TRITON:
     from .int8_matmul_kernel import int8_matmul, int8_matmul_ref, quantize_int8
     from .matmul_kernel import matmul, matmul_ref
     from .matmul_splitk_kernel import matmul_splitk, matmul_splitk_ref
+    from .paged_decode_attention_kernel import paged_decode_attention, paged_decode_attention_ref
     from .rms_norm_kernel import rms_norm, rms_norm_ref
+    from .rope_cache_kernel import rope_cache, rope_cache_ref
     from .softmax_kernel import softmax, softmax_ref
     from .swiglu_kernel import swiglu, swiglu_ref
     from .vector_add_kernel import vector_add, vector_add_ref
@@ -40,8 +42,8 @@ else:
     from ._fallback import (add_rms_norm, add_rms_norm_ref, decode_attention,  # noqa: F401
                             decode_attention_ref, flash_attention, flash_attention_ref, int8_matmul,
                             int8_matmul_ref, matmul, matmul_ref, matmul_splitk, matmul_splitk_ref,
-                            quantize_int8, rms_norm, rms_norm_ref, softmax, softmax_ref, swiglu,
-                            swiglu_ref, vector_add, vector_add_ref)
+                            quantize_int8, rms_norm, rms_norm_ref, rope_cache, rope_cache_ref, softmax,
+                            softmax_ref, swiglu, swiglu_ref, vector_add, vector_add_ref)
 
 
 def need_triton(what: str) -> bool:
@@ -63,5 +65,8 @@ def need_triton(what: str) -> bool:
 __all__ = ["TRITON", "TritonNotInstalledWarning", "add_rms_norm", "add_rms_norm_ref", "decode_attention",
            "decode_attention_ref", "flash_attention", "flash_attention_ref", "int8_matmul",
            "int8_matmul_ref", "matmul", "matmul_ref", "matmul_splitk", "matmul_splitk_ref", "need_triton",
-           "quantize_int8", "rms_norm", "rms_norm_ref", "softmax", "softmax_ref", "swiglu", "swiglu_ref",
+           "quantize_int8", "rms_norm", "rms_norm_ref", "rope_cache", "rope_cache_ref", "softmax", "softmax_ref",
+           "swiglu", "swiglu_ref",
            "vector_add", "vector_add_ref"]
+if TRITON:   # no Triton-less fallback yet: without Triton, infer_lib.serving attends in PyTorch
+    __all__ += ["paged_decode_attention", "paged_decode_attention_ref"]

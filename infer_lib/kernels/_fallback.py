@@ -57,7 +57,7 @@ def _no_config(op: str, config) -> None:
 #: the launchers need (``quantize_int8`` is the same function with or without Triton)
 _FROM_KERNEL_FILES = {op: (f"{op}_ref",) for op in (
     "vector_add", "softmax", "matmul", "matmul_splitk", "flash_attention", "decode_attention",
-    "rms_norm", "add_rms_norm", "swiglu")}
+    "rms_norm", "add_rms_norm", "swiglu", "rope_cache")}
 _FROM_KERNEL_FILES["int8_matmul"] = ("quantize_int8", "int8_matmul_ref")
 
 
@@ -86,6 +86,7 @@ decode_attention_ref = _refs["decode_attention_ref"]
 rms_norm_ref = _refs["rms_norm_ref"]
 add_rms_norm_ref = _refs["add_rms_norm_ref"]
 swiglu_ref = _refs["swiglu_ref"]
+rope_cache_ref = _refs["rope_cache_ref"]
 int8_matmul_ref = _refs["int8_matmul_ref"]
 quantize_int8 = _refs["quantize_int8"]
 
@@ -154,6 +155,13 @@ def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     """Without Triton: ``swiglu_ref(gate, up)``."""
     _note("swiglu", "swiglu_ref")
     return swiglu_ref(gate, up)
+
+
+def rope_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+               k_cache: torch.Tensor, v_cache: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """Without Triton: ``rope_cache_ref(q, k, v, cos, sin, k_cache, v_cache, positions)``."""
+    _note("rope_cache", "rope_cache_ref")
+    return rope_cache_ref(q, k, v, cos, sin, k_cache, v_cache, positions)
 
 
 def int8_matmul(a: torch.Tensor, w_q: torch.Tensor, scales: torch.Tensor, *, config=None) -> torch.Tensor:

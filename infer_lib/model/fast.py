@@ -7,7 +7,7 @@ place**, without copying a weight, so that the ladder of a chapter on fast decod
 call per rung::
 
     model = Transformer(config)            # rung 0: PyTorch (cuBLAS, eager elementwise ops)
-    fuse(model)                            # rung 1: fused norms, residual adds, SwiGLU
+    fuse(model)                            # rung 1: fused norms, adds, SwiGLU, RoPE; merged q/k/v
     use_matmul(model)                      # rung 2: projections on kernels.matmul
     quantize(model)                        # rung 3: int8 weights on kernels.int8_matmul
     reset(model)                           # back to rung 0 (not after quantize: one-way)
@@ -27,13 +27,29 @@ returns both ``x + y`` and its norm in one pass, so every add and the norm after
   after the last block, with the final ``norm`` (``add_rms_norm``);
 * the MLP: ``down(kernels.swiglu(gate(x), up(x)))``: ``silu(g) · u`` in one pass.
 
+Two more kinds of launch go in the same rung, because at decode time a launch, not its
+bytes, is what a small kernel costs (chapter 2):
+
+* **Merged projections.** ``q, k, v`` read the same input, and so do ``gate`` and ``up``:
+  each group runs as one matmul over its weights concatenated along ``d_out`` (a
+  ``(H + 2·H_kv)·D × d`` and a ``2F × d`` matrix), whose output is split by views. The
+  merge copies each group's weights once into one storage and makes the projections'
+  own ``Parameter`` objects views of it (same objects, same values, same
+  ``state_dict``; the memory does not grow). The merged modules are plain attributes
+  (``_fused_qkv``, ``_fused_gate_up``), rebuilt by every switch below.
+* **RoPE and the cache writes.** With a cache, ``kernels.rope_cache`` rotates the query
+  and key heads and writes keys and values into the cache in one launch, where the
+  plain model runs about a dozen small kernels (casts, ``cat``, products, scatters).
+
 Per block that is 2 launches where PyTorch runs two adds and two norms of 5–7 elementwise
-kernels each (square, mean, add ``eps``, rsqrt, multiply, the casts and the weight), plus 1
-for SwiGLU instead of 2 (``silu``, ``*``); every activation is read once and written once
-per fused op. The projections are whatever the
-other rungs make them (``nn.Linear`` by default). Attention is untouched (``model.backend``).
-With ``last_only`` the final norm runs over all ``S`` rows (fused into the last add) and
-only the last row goes through the head: the same values, a few ``S·d`` extra bytes.
+kernels each (square, mean, add ``eps``, rsqrt, multiply, the casts and the weight), 1 for
+SwiGLU instead of 2 (``silu``, ``*``), 2 matmuls instead of 5, and 1 launch for RoPE and
+the cache; every activation is read once and written once per fused op. The projections
+are whatever the other rungs make them (``nn.Linear`` by default). Attention itself is
+``model.backend``'s. With ``last_only`` the final norm runs over all ``S`` rows (fused into
+the last add) and only the last row goes through the head: the same values, a few ``S·d``
+extra bytes. Switch a model *after* ``model.to(device, dtype)``: ``Module.to`` makes new
+tensors and the merged weights would be left behind.
 
 **Rung 2, ``use_matmul``**: each projection ``nn.Linear`` (``q, k, v, o`` of attention,
 ``gate, up, down`` of the MLP; the output head with ``head=True``) becomes a
@@ -85,7 +101,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .layers import MLP, Attention, Block, RMSNorm, Transformer
+from .layers import BACKENDS, MLP, Attention, Block, RMSNorm, Transformer, apply_rope
 
 #: the projections of a block, (submodule, attribute)
 PROJECTIONS = (("self_attn", "q_proj"), ("self_attn", "k_proj"), ("self_attn", "v_proj"),
@@ -183,9 +199,10 @@ class Int8Linear(nn.Module):
 
 
 class FusedTransformer(Transformer):
-    """``Transformer`` whose norms, residual adds and SwiGLU run on the fused Triton kernels
-    (module docstring, rung 1). Never constructed: ``fuse(model)`` switches an existing
-    model's class to it and ``reset(model)`` back; the modules and parameters are the same.
+    """``Transformer`` whose norms, residual adds, SwiGLU, RoPE and cache writes run on the fused
+    Triton kernels and whose projections run merged (module docstring, rung 1). Never
+    constructed: ``fuse(model)`` switches an existing model's class to it and ``reset(model)``
+    back; the modules and parameters are the same.
 
     ``model(tokens, cache=None, last_only=False)``: tokens (B, S) → logits (B, S, V), or
     (B, 1, V) with ``last_only``, exactly as ``Transformer.forward``."""
@@ -197,16 +214,39 @@ class FusedTransformer(Transformer):
         x = self.embed_tokens(tokens)                                           # (B, S, d)
         normed = kernels.rms_norm(x, norms[0].weight, norms[0].eps)             # RMSNorm(x) of block 0
         for block, next_norm in zip(self.layers, norms[1:]):
-            attn, post, mlp = block.self_attn, block.post_attention_layernorm, block.mlp
-            a = attn(normed, cos, sin, positions, cache, cache_seqlens)         # (B, S, d)
+            post, mlp = block.post_attention_layernorm, block.mlp
+            a = _attention(block.self_attn, normed, cos, sin, positions, cache, cache_seqlens)
             h, normed = kernels.add_rms_norm(a, x, post.weight, post.eps)       # h = x + a; RMSNorm(h)
-            m = mlp.down_proj(kernels.swiglu(mlp.gate_proj(normed), mlp.up_proj(normed)))
+            gate_up = mlp._fused_gate_up(normed)                                # (B, S, 2F): [gate | up]
+            F_ = gate_up.shape[-1] // 2
+            m = mlp.down_proj(kernels.swiglu(gate_up[..., :F_], gate_up[..., F_:]))
             x, normed = kernels.add_rms_norm(m, h, next_norm.weight, next_norm.eps)   # next block's norm
         if cache is not None:
             cache.seqlens.copy_(cache_seqlens)                                  # in place: rows advance
         if last_only:
             normed = normed[:, -1:]                                             # row-wise norm: same values
         return self.lm_head(normed)                                             # (B, S, V)
+
+
+def _attention(attn: Attention, x: torch.Tensor, cos, sin, positions, cache, cache_seqlens):
+    """``Attention.forward`` with one merged q/k/v projection and, with a cache, RoPE and the
+    cache writes in one ``kernels.rope_cache`` launch. x (B, S, d) → (B, S, d)."""
+    B, S, _ = x.shape
+    H, H_kv, D = attn.n_heads, attn.n_kv_heads, attn.head_dim
+    qkv = attn._fused_qkv(x)                                    # (B, S, (H + 2·H_kv)·D): views below
+    q = qkv[..., :H * D].view(B, S, H, D)
+    k = qkv[..., H * D:(H + H_kv) * D].view(B, S, H_kv, D)
+    v = qkv[..., (H + H_kv) * D:].view(B, S, H_kv, D)
+    backend = BACKENDS[attn.backend]
+    if cache is None:                                           # a whole sequence, no cache
+        q, k = apply_rope(q.transpose(1, 2), cos, sin), apply_rope(k.transpose(1, 2), cos, sin)
+        out = backend.prefill(q, k, v.transpose(1, 2))
+    else:
+        k_cache, v_cache = cache.k_cache[attn.layer], cache.v_cache[attn.layer]   # (B, H_kv, S_max, D)
+        q = kernels.rope_cache(q, k, v, cos, sin, k_cache, v_cache, positions)   # (B, H, S, D)
+        step = backend.decode if S == 1 else backend.extend
+        out = step(q, k_cache, v_cache, cache_seqlens)
+    return attn.o_proj(out.transpose(1, 2).reshape(B, S, H * D))
 
 
 # -- checks -----------------------------------------------------------------------------------
@@ -251,19 +291,94 @@ def _is_tied(model: Transformer, weight) -> bool:
     return weight is model.embed_tokens.weight
 
 
+# -- merged projections ----------------------------------------------------------------------
+
+#: What a fused model runs as one matmul: (submodule of a block, attribute, the projections merged).
+MERGED = (("self_attn", "_fused_qkv", ("q_proj", "k_proj", "v_proj")),
+          ("mlp", "_fused_gate_up", ("gate_proj", "up_proj")))
+
+
+def _row_major(w: torch.Tensor) -> bool:
+    """A ``(d_out, d_in)`` weight laid out by rows (``nn.Linear``'s), not ``(d_in, d_out)``-contiguous."""
+    return w.stride(-1) == 1
+
+
+@torch.no_grad()
+def _merge(parts: list) -> nn.Module:
+    """One module of the parts' kind (``nn.Linear``, ``MatmulLinear`` or ``Int8Linear``) whose
+    output is the parts' outputs side by side. Its weight is the parts' concatenated along
+    ``d_out`` (in their layout); the parts' weights become views of it, so the old storages
+    are freed and one copy of the weights remains. Its own attribute, not a submodule: the
+    ``state_dict`` keeps the parts' names."""
+    kinds = {type(m) for m in parts}
+    if len(kinds) != 1:
+        raise TypeError(f"fuse: cannot merge projections of different kinds ({sorted(k.__name__ for k in kinds)}); "
+                        "switch all projections of a model the same way")
+    kind = kinds.pop()
+    has_bias = {m.bias is not None for m in parts}
+    if len(has_bias) != 1:
+        raise ValueError("fuse: some of the projections to merge have a bias and some do not")
+    bias = torch.cat([m.bias for m in parts]) if True in has_bias else None
+    sizes = [m.out_features for m in parts]
+    starts = [sum(sizes[:i]) for i in range(len(sizes))]
+    if kind is Int8Linear:
+        w_q = torch.cat([m.w_q for m in parts], dim=1)                 # (d_in, ΣN)
+        scales = torch.cat([m.scales for m in parts])
+        for m, a, n in zip(parts, starts, sizes):
+            m.w_q, m.scales = w_q[:, a:a + n], scales[a:a + n]
+            m.bias = None if bias is None else bias[a:a + n]
+        return Int8Linear(w_q, scales, bias)
+    weights = [m.weight for m in parts]
+    if all(_row_major(w) for w in weights):
+        W = torch.cat(weights, dim=0)                                  # (ΣN, d_in)
+    else:                                                              # use_matmul(layout="kn")
+        W = torch.cat([w.t() for w in weights], dim=1).t()             # (ΣN, d_in), strides (1, ΣN)
+    linear = nn.utils.skip_init(nn.Linear, W.shape[1], W.shape[0], bias=False, device="meta")
+    linear.weight = nn.Parameter(W, requires_grad=weights[0].requires_grad)
+    if bias is not None:
+        linear.bias = nn.Parameter(bias, requires_grad=False)
+    for m, a, n in zip(parts, starts, sizes):
+        m.weight.data = W[a:a + n]                  # the same Parameter, now a view of the merged weight
+        if bias is not None:
+            m.bias.data = linear.bias[a:a + n]
+    return linear if kind is nn.Linear else MatmulLinear(linear)
+
+
+def _remerge(model: Transformer) -> None:
+    """(Re)build the merged projections of a fused model from its projections' current modules."""
+    if type(model) is not FusedTransformer:
+        return
+    for block in model.layers:
+        for part, attr, names in MERGED:
+            parent = getattr(block, part)
+            object.__setattr__(parent, attr, _merge([getattr(parent, name) for name in names]))
+
+
+def _unmerge(model: Transformer) -> None:
+    for block in model.layers:
+        for part, attr, _ in MERGED:
+            parent = getattr(block, part)
+            if attr in parent.__dict__:
+                object.__delattr__(parent, attr)
+
+
 # -- the switches -----------------------------------------------------------------------------
 
 
 def fuse(model: Transformer) -> Transformer:
     """Rung 1: run ``model``'s norms, residual adds and SwiGLU on ``kernels.rms_norm``,
-    ``kernels.add_rms_norm`` and ``kernels.swiglu`` (module docstring: what is fused).
+    ``kernels.add_rms_norm`` and ``kernels.swiglu``, RoPE and the cache writes on
+    ``kernels.rope_cache``, and ``q, k, v`` and ``gate, up`` as one matmul each (module
+    docstring: what is fused).
 
-    In place: the class becomes ``FusedTransformer``; no parameter, buffer or module changes
-    (``reset`` switches back, and the plain forward then gives what it gave before).
+    In place: the class becomes ``FusedTransformer``; no module or ``Parameter`` object
+    changes and no value (the merge makes the projections' weights views of one storage per
+    group; ``reset`` switches back, and the plain forward then gives what it gave before).
     Idempotent. Returns ``model``. Raises ``TypeError`` for anything but a course
     ``Transformer`` of the course's layers."""
     _check_model("fuse", model)
     model.__class__ = FusedTransformer
+    _remerge(model)
     return model
 
 
@@ -286,11 +401,12 @@ def use_matmul(model: Transformer, *, head: bool = False, layout: str = "view") 
         _check_linear("use_matmul", name, module)
         if isinstance(module, Int8Linear):
             continue
-        if layout == "kn" and not _is_tied(model, module.weight) and not module.weight.t().is_contiguous():
+        if layout == "kn" and not _is_tied(model, module.weight) and _row_major(module.weight):
             with torch.no_grad():
                 module.weight.data = module.weight.data.t().contiguous().t()   # (d_out, d_in), strides (1, d_out)
         if isinstance(module, nn.Linear):
             setattr(parent, attr, MatmulLinear(module))
+    _remerge(model)
     return model
 
 
@@ -314,6 +430,7 @@ def quantize(model: Transformer, *, head: bool = False) -> Transformer:
     quantized = [Int8Linear.from_linear(module) for _, _, _, module in targets]   # all, then swap
     for (_, parent, attr, _), q in zip(targets, quantized):
         setattr(parent, attr, q)
+    _remerge(model)
     return model
 
 
@@ -328,6 +445,7 @@ def reset(model: Transformer) -> Transformer:
         if isinstance(module, Int8Linear):
             raise ValueError(f"reset: {name} is int8 — quantize() is one-way (the 16-bit weights were "
                              "dropped); reload or rebuild the model for the plain path")
+    _unmerge(model)
     for _, parent, attr, module in modules:
         if isinstance(module, MatmulLinear):
             if not module.weight.is_contiguous() and not _is_tied(model, module.weight):
@@ -385,7 +503,9 @@ def weight_bytes(model: Transformer) -> dict:
         excluded = {(t.untyped_storage().data_ptr(), t.device) for t in exclude}
         return _nbytes(t for t in tensors if (t.untyped_storage().data_ptr(), t.device) not in excluded)
 
-    projections = sum(module_bytes(m) for _, _, _, m in _projections(model, head=False))
+    # one storage may hold several projections (a fused model's merged weights): count it once
+    projections = _nbytes(t for _, _, _, m in _projections(model, head=False)
+                          for t in list(m.parameters()) + list(m.buffers()))
     embedding = module_bytes(model.embed_tokens)
     head = module_bytes(model.lm_head, exclude=[model.embed_tokens.weight])
     norms = sum(module_bytes(m) for m in model.modules() if isinstance(m, RMSNorm))

@@ -116,7 +116,10 @@ class KVCache:
         """Raise if appending ``n_new`` tokens would grow a sequence past ``max_seq_len``.
 
         Reads the lengths on the host (one synchronisation), so it is skipped while a
-        CUDA graph is being captured: check before capturing."""
+        CUDA graph is being captured and inside ``torch.compile``'s traced code (where it
+        would break the graph): check before capturing or calling a compiled model."""
+        if torch.compiler.is_compiling():
+            return
         if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
             return
         longest = int(self.seqlens.max()) + n_new
