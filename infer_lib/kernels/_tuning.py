@@ -623,3 +623,29 @@ SWIGLU_INTERPRETER = triton.Config({"BLOCK": 256}, num_warps=1)
 def swiglu_config() -> triton.Config:
     """``SWIGLU`` on a GPU, ``SWIGLU_INTERPRETER`` in the interpreter."""
     return SWIGLU_INTERPRETER if device.INTERPRET else SWIGLU
+
+
+# ----------------------------------------------------------------------------
+# paged_decode_attention (appendix: serving)
+# ----------------------------------------------------------------------------
+# Not yet measured on a GPU: the kernel is decode_attention's with the keys read through a
+# block table, so its candidates start as decode_attention's measured Hopper list (untimed
+# here) plus 16-key tiles, which keep a tile inside one block of 16 tokens. The tuner picks
+# among them per bucketed shape and block size; the GPU run that times them will say which
+# to keep (tools/TUNING_NOTES.md).
+
+PAGED_DECODE_ATTENTION = KernelConfigs(
+    name="paged_decode_attention",
+    lists={
+        "hopper": DECODE_ATTENTION.lists["hopper"] + [_da(16, 3, 2), _da(16, 4, 2)],
+        "default": DECODE_ATTENTION.lists["default"] + [_da(16, 3, 4)],
+    },
+    smem_bytes=_da_smem,           # the same K and V tiles in flight; the table is read through L1
+    fallbacks=DECODE_ATTENTION.fallbacks,
+    # 16 keys a step: tiles inside a block of 16 or 64 tokens, across blocks of fewer
+    interpreter=_da(16, 1),
+)
+
+#: As ``DECODE_ATTENTION_TUNE_MIN_BYTES``, counting the bytes the table can address
+#: (``2 · B · H_kv · max_blocks · BLOCK · D · element size``).
+PAGED_DECODE_ATTENTION_TUNE_MIN_BYTES = DECODE_ATTENTION_TUNE_MIN_BYTES
