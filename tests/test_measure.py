@@ -16,7 +16,7 @@ import torch
 from infer_lib import device, measure
 from infer_lib.bench import core as bench_core
 from infer_lib.experiments import (attention_sweep, block_size, bottlenecks, ceilings, decode,
-                                   fusion, gqa_quality, gqa_speed, kv_cache, prefill_decode,
+                                   fast_decode, fusion, gqa_quality, gqa_speed, kv_cache, prefill_decode,
                                    tensor_cores)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -194,7 +194,7 @@ VALIDATORS = {
 #: topics with a validator whose files are not shipped yet (they come with the next GPU run):
 #: once <topic>_h200.json is in infer_lib/data, move the topic into VALIDATORS, which then
 #: demands the file (test_pending_topics_have_no_file_yet says when)
-PENDING: dict = {}
+PENDING: dict = {"fast_decode": lambda doc: measure.validate(doc, fast_decode.SCHEMA)}
 #: topics whose first measurement came after the H100 run: shipped for the later GPUs only
 SINCE_H200 = {"block_size", "decode", "kv_cache", "prefill_decode", "tensor_cores", "fusion",
               "gqa_quality", "gqa_speed"}
