@@ -15,9 +15,9 @@ import torch
 
 from infer_lib import device, measure
 from infer_lib.bench import core as bench_core
-from infer_lib.experiments import (attention_sweep, block_size, bottlenecks, ceilings, decode,
-                                   fast_decode, fusion, gqa_quality, gqa_speed, kv_cache, prefill_decode,
-                                   tensor_cores)
+from infer_lib.experiments import (allreduce, attention_sweep, block_size, bottlenecks, ceilings,
+                                   decode, fast_decode, fusion, gqa_quality, gqa_speed, kv_cache,
+                                   prefill_decode, tensor_cores, tp_decode)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -198,7 +198,13 @@ PENDING: dict = {"fast_decode": lambda doc: measure.validate(doc, fast_decode.SC
 #: topics whose first measurement came after the H100 run: shipped for the later GPUs only
 SINCE_H200 = {"block_size", "decode", "kv_cache", "prefill_decode", "tensor_cores", "fusion",
               "gqa_quality", "gqa_speed"}
-SHIPPED = sorted(measure.data_dir().glob("*.json"))
+#: topics measured on several ranks at once: files <topic>_<gpu>x<N>.json (N ranks, one GPU each;
+#: the provenance names the GPU and the world size)
+MULTI_RANK = {"tp": lambda doc: measure.validate(doc, tp_decode.SCHEMA),
+              "allreduce": lambda doc: measure.validate(doc, allreduce.SCHEMA)}
+ALL_SHIPPED = sorted(measure.data_dir().glob("*.json"))
+MULTI_SHIPPED = [p for p in ALL_SHIPPED if re.fullmatch(r"(tp|allreduce)_[a-z0-9_]+x\d+", p.stem)]
+SHIPPED = [p for p in ALL_SHIPPED if p not in MULTI_SHIPPED]
 
 
 def test_there_are_shipped_files():
@@ -230,6 +236,18 @@ def test_every_shipped_file_validates(path):
     validators[topic](doc)
     assert doc["provenance"]["gpu_key"] == path.stem.removeprefix(topic + "_")
     assert doc["provenance"]["interpreted"] is False and not doc["provenance"].get("smoke")
+
+
+@pytest.mark.parametrize("path", MULTI_SHIPPED, ids=lambda p: p.name)
+def test_every_shipped_multi_rank_file_validates(path):
+    topic, rest = path.stem.split("_", 1)
+    gpu, n = rest.rsplit("x", 1)
+    doc = json.loads(path.read_text())
+    MULTI_RANK[topic](doc)
+    prov = doc["provenance"]
+    assert prov["gpu_key"] == gpu and prov["world_size"] == int(n) == doc["params"]["world_size"]
+    assert prov["interpreted"] is False and not prov.get("smoke")
+    assert re.fullmatch(r"[0-9a-f]{40}", prov["commit"]), prov["commit"]
 
 
 def test_load_references_leaves_out_a_gpu_without_the_topic_and_refuses_an_unknown_topic():
