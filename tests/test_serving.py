@@ -89,8 +89,11 @@ def test_every_request_gets_what_it_would_alone(model, order, max_batch, prefill
     assert s["prefill_tokens"] == sum(len(r.prompt) for r in reqs)       # no preemption, no recompute
     assert report.stats.peak_running <= max_batch
     log = report.stats.log
-    assert len(log) == s["steps"] and sum(e[0] for e in log) == report.stats.decode_rows
-    assert sum(e[2] for e in log) == s["prefill_tokens"] and max(e[2] for e in log) <= prefill_chunk
+    assert len(log) == s["steps"] and sum(e.decode_rows for e in log) == report.stats.decode_rows
+    assert sum(e.prefill_tokens for e in log) == s["prefill_tokens"]
+    assert max(e.prefill_tokens for e in log) <= prefill_chunk
+    # each prompt is gathered and attended causally chunk by chunk: its pairs add up to n(n+1)/2
+    assert sum(e.prefill_pairs for e in log) == sum(len(r.prompt) * (len(r.prompt) + 1) // 2 for r in reqs)
     # every token but each request's first comes from a decode row, each reading its keys so far
     assert report.stats.decode_rows == s["output_tokens"] - len(reqs)
 
@@ -127,6 +130,18 @@ def test_the_paged_kernel_path(model):
     server = Server(model, attention="paged", max_batch=3, max_seq_len=48, prefill_chunk=32, keep_logits=True)
     report = server.run(reqs)
     assert_as_alone(model, reqs, report.results)
+    server.check_invariants()
+
+
+@pytest.mark.parametrize("attention", ["gather", "paged"])
+def test_padded_batches_as_the_cuda_graphs_run_them(model, attention):
+    # on a GPU each decode batch is padded to its bucket (1, 2, 4, ...) with rows that write to and
+    # read the reserved null block: the same tokens, and no live block touched
+    reqs = synthetic_trace(3, seed=6, prompt_len=(4, 12), new_tokens=(2, 4), vocab_size=256)
+    server = Server(model, attention=attention, max_batch=4, max_seq_len=32, keep_logits=True)
+    server.runner.pad_batch = True
+    server.runner.capture()                                   # no graphs without a GPU: nothing to do
+    assert_as_alone(model, reqs, server.run(reqs).results)
     server.check_invariants()
 
 

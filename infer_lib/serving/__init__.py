@@ -35,10 +35,10 @@ own continuous batching.
 
 from .paged_cache import NULL_BLOCK, BlockAllocator, MemoryUse, OutOfBlocks, PagedKVCache, batch_that_fits, blocks_for
 from .paged_model import PagedModel
-from .scheduler import Report, Request, RequestRefused, Result, Server, Stats, percentile
+from .scheduler import Report, Request, RequestRefused, Result, Server, Stats, StepWork, percentile
 from .trace import StaticBatchCost, poisson_arrivals, static_batch_cost, synthetic_trace, with_arrivals
 
 __all__ = ["NULL_BLOCK", "BlockAllocator", "MemoryUse", "OutOfBlocks", "PagedKVCache", "PagedModel", "Report",
-           "Request", "RequestRefused", "Result", "Server", "StaticBatchCost", "Stats", "batch_that_fits",
+           "Request", "RequestRefused", "Result", "Server", "StaticBatchCost", "Stats", "StepWork", "batch_that_fits",
            "blocks_for", "percentile", "poisson_arrivals", "static_batch_cost", "synthetic_trace",
            "with_arrivals"]

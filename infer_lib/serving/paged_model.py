@@ -60,11 +60,13 @@ class PagedModel:
     ``"gather"`` (keys gathered into a contiguous tile, the model's backend attends).
     ``cuda_graphs``: replay decode steps from CUDA graphs (default: on a GPU, unless
     ``INFER_LIB_CHECKS=1`` asks the kernels to read values on the host, which a graph cannot).
-    ``max_batch``: the largest decode batch (the static buffers' size).
+    ``max_batch``: the largest decode batch (the static buffers' size). ``pad_batch``: pad each
+    decode batch to its bucket with rows on the null block, as the graphs need (default: with
+    graphs; the CPU tests turn it on to run the padded rows without a GPU).
     """
 
     def __init__(self, model: Transformer, cache: PagedKVCache, *, attention: str = "paged",
-                 cuda_graphs: bool | None = None, max_batch: int | None = None):
+                 cuda_graphs: bool | None = None, max_batch: int | None = None, pad_batch: bool | None = None):
         if attention not in ATTENTIONS:
             raise ValueError(f"PagedModel: attention must be one of {', '.join(ATTENTIONS)}, got {attention!r}")
         weight = model.embed_tokens.weight
@@ -84,6 +86,7 @@ class PagedModel:
             cuda_graphs = cache.device.type == "cuda" and os.environ.get("INFER_LIB_CHECKS") != "1"
         self.cuda_graphs = bool(cuda_graphs) and cache.device.type == "cuda"
         self.graph_error: str | None = None       # why graphs were switched off, if they were
+        self.pad_batch = self.cuda_graphs if pad_batch is None else bool(pad_batch)
         dev = cache.device
         pin = dev.type == "cuda"
         n = _bucket(self.max_batch)
@@ -223,7 +226,7 @@ class PagedModel:
         n = len(slots)
         if not 1 <= n <= self.max_batch:
             raise ValueError(f"PagedModel.decode: {n} sequences; a step takes 1 to {self.max_batch}")
-        B = min(_bucket(n), _bucket(self.max_batch)) if self.cuda_graphs else n
+        B = min(_bucket(n), _bucket(self.max_batch)) if (self.pad_batch or self.cuda_graphs) else n
         self._stage(slots, tokens, positions, B)
         if self.cuda_graphs:
             graph = self._graph(B)

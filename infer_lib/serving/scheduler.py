@@ -44,7 +44,7 @@ from __future__ import annotations
 import collections
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import torch
 
@@ -131,6 +131,20 @@ class _Sequence:
         return self.result.tokens
 
 
+class StepWork(NamedTuple):
+    """The work of one iteration: ``decode_rows`` sequences decoded, reading ``decode_keys`` keys
+    in all (their own tokens included); ``prefill_tokens`` prompt tokens in ``prefill_chunks``
+    chunks, which gathered ``prefill_keys`` keys and attended ``prefill_pairs`` (query, key)
+    pairs (causal). What a roofline of the step is computed from."""
+
+    decode_rows: int
+    decode_keys: int
+    prefill_tokens: int
+    prefill_chunks: int
+    prefill_keys: int
+    prefill_pairs: int
+
+
 @dataclass
 class Stats:
     """Counters of a server's life: iterations, decode steps and the sequences they ran,
@@ -138,9 +152,8 @@ class Stats:
     running sequences at once."""
 
     steps: int = 0
-    #: per iteration: (decode rows, keys they read, prompt tokens prefilled, keys the prefill
-    #: chunks gathered, query-key pairs of their causal attention) — the work of each step
-    log: list[tuple[int, int, int, int, int]] = field(default_factory=list)
+    #: the work of each iteration, in order
+    log: list[StepWork] = field(default_factory=list)
     decode_steps: int = 0
     decode_rows: int = 0
     prefill_steps: int = 0
@@ -329,10 +342,9 @@ class Server:
         finished: list[Result] = []
         self._admit()
         rows, keys = self._decode(finished)
-        tokens, gathered, pairs = self._prefill(finished)
         s = self.stats
+        s.log.append(StepWork(rows, keys, *self._prefill(finished)))
         s.steps += 1
-        s.log.append((rows, keys, tokens, gathered, pairs))
         s.peak_blocks = max(s.peak_blocks, self.cache.allocator.num_used)
         return finished
 
@@ -388,7 +400,7 @@ class Server:
             self._emit(seq, token, now, logits[i] if self.keep_logits else None, finished)
         return len(batch), keys
 
-    def _prefill(self, finished: list[Result]) -> tuple[int, int, int]:
+    def _prefill(self, finished: list[Result]) -> tuple[int, int, int, int]:
         budget = self.prefill_chunk
         work = []
         for seq in self.running:
@@ -400,7 +412,7 @@ class Server:
             work.append((seq, seq.cached, c))
             budget -= c
         if not work:
-            return 0, 0, 0
+            return 0, 0, 0, 0
         chunks = []
         for seq, start, c in work:
             tokens = seq.prompt[start:start + c]
@@ -422,7 +434,7 @@ class Server:
                 self._emit(seq, first[i], now, logits[i] if self.keep_logits else None, finished)
         gathered = sum(start + c for _, start, c in work)
         pairs = sum(c * start + c * (c + 1) // 2 for _, start, c in work)
-        return tokens, gathered, pairs
+        return tokens, len(work), gathered, pairs
 
     def _emit(self, seq: _Sequence, token: int, now: float, logits, finished: list[Result]) -> None:
         r = seq.result
