@@ -94,6 +94,10 @@ def test_every_request_gets_what_it_would_alone(model, order, max_batch, prefill
     assert max(e.prefill_tokens for e in log) <= prefill_chunk
     # each prompt is gathered and attended causally chunk by chunk: its pairs add up to n(n+1)/2
     assert sum(e.prefill_pairs for e in log) == sum(len(r.prompt) * (len(r.prompt) + 1) // 2 for r in reqs)
+    # the cache as the steps left it: whole blocks around the tokens written, empty at the end
+    bs = server.cache.block_size
+    assert all(e.tokens_held <= e.blocks_held * bs for e in log) and log[-1].blocks_held == 0
+    assert max(e.blocks_held for e in log) == report.stats.peak_blocks
     # every token but each request's first comes from a decode row, each reading its keys so far
     assert report.stats.decode_rows == s["output_tokens"] - len(reqs)
 

@@ -37,6 +37,13 @@ def test_smoke_run_follows_the_layout(smoke_doc):
         assert run["prompt_tokens"] == sum(doc["trace"]["prompt_lens"])
     assert [r["id"] for r in doc["online"]["per_request"]] == list(range(s["n_requests"]))
     assert doc["online"]["rate"] == s["online_rate"]
+    mem = doc["offline"]["memory"]
+    assert mem["peak_blocks"] == doc["offline"]["peak_blocks"]
+    assert mem["written_MB"] <= mem["paged_MB"]
+    per_token = ModelConfig.from_preset("tiny").kv_cache_bytes_per_token(torch.float32)
+    server = doc["params"]["server"]
+    assert mem["contiguous_MB"] == pytest.approx(s["max_batch"] * server["max_seq_len"] * per_token / 1e6)
+    assert mem["paged_MB"] == pytest.approx(mem["peak_blocks"] * server["block_size"] * per_token / 1e6)
     assert doc["peer"] == {"skipped": "smoke run"}
     assert doc["params"]["server"]["attention"] == "paged"
     json.dumps(doc)                                      # what save writes

@@ -177,6 +177,19 @@ def roofline(stats: Stats, config: ModelConfig, dtype: torch.dtype | int, wall_s
             "fraction_of_roofline": measure.sig(least / wall_s, 4)}
 
 
+def memory_record(stats: Stats, config: ModelConfig, dtype: torch.dtype, block_size: int, max_batch: int,
+                  max_seq_len: int) -> dict:
+    """The paged cache at its fullest step of a run — blocks held, and the tokens written in them —
+    against a contiguous cache reserving ``max_seq_len`` positions for each of ``max_batch``
+    sequences (chapter 6's ``KVCache`` for the same batch), in MB of keys and values."""
+    per_token = config.kv_cache_bytes_per_token(dtype)
+    peak = max(stats.log, key=lambda w: w.blocks_held)
+    return {"peak_blocks": peak.blocks_held, "tokens_at_peak": peak.tokens_held,
+            "paged_MB": measure.sig(peak.blocks_held * block_size * per_token / 1e6),
+            "written_MB": measure.sig(max(peak.tokens_held, 1) * per_token / 1e6),
+            "contiguous_MB": measure.sig(max_batch * max_seq_len * per_token / 1e6)}
+
+
 def _summary(report) -> dict:
     s = report.summary()
     return {k: (measure.sig(v) if isinstance(v, float) else v) for k, v in s.items()}
@@ -327,6 +340,7 @@ def run(preset: str = PRESET, *, smoke: bool = False, n_requests: int = N_REQUES
     offline = _summary(offline_report)
     offline["roofline"] = roofline(offline_report.stats, config, dtype, offline_report.wall_s, copy_GBps,
                                    matmul_TFLOPs)
+    offline["memory"] = memory_record(offline_report.stats, config, dtype, BLOCK_SIZE, s["max_batch"], max_seq_len)
     _progress(t0, f"offline: {offline['output_tokens_per_s']:.0f} output tokens/s", smoke)
 
     rate = online_rate or s.get("online_rate") or measure.sig(0.5 * len(trace) / offline_report.wall_s, 2)

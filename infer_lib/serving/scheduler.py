@@ -135,7 +135,8 @@ class StepWork(NamedTuple):
     """The work of one iteration: ``decode_rows`` sequences decoded, reading ``decode_keys`` keys
     in all (their own tokens included); ``prefill_tokens`` prompt tokens in ``prefill_chunks``
     chunks, which gathered ``prefill_keys`` keys and attended ``prefill_pairs`` (query, key)
-    pairs (causal). What a roofline of the step is computed from."""
+    pairs (causal) — what a roofline of the step is computed from; and the cache at its end:
+    ``blocks_held`` blocks held for ``tokens_held`` tokens of keys and values written."""
 
     decode_rows: int
     decode_keys: int
@@ -143,6 +144,8 @@ class StepWork(NamedTuple):
     prefill_chunks: int
     prefill_keys: int
     prefill_pairs: int
+    blocks_held: int = 0
+    tokens_held: int = 0
 
 
 @dataclass
@@ -342,8 +345,10 @@ class Server:
         finished: list[Result] = []
         self._admit()
         rows, keys = self._decode(finished)
+        prefill = self._prefill(finished)
         s = self.stats
-        s.log.append(StepWork(rows, keys, *self._prefill(finished)))
+        s.log.append(StepWork(rows, keys, *prefill, self.cache.allocator.num_used,
+                              sum(seq.cached for seq in self.running)))
         s.steps += 1
         s.peak_blocks = max(s.peak_blocks, self.cache.allocator.num_used)
         return finished
