@@ -85,7 +85,7 @@ def test_dequantize(capsys):
     from infer_lib.kernels import int8_matmul_ref
     w_q, scales = ch09._tiles()[1]
     eye = torch.eye(w_q.shape[0])
-    torch.testing.assert_close(int8_matmul_ref(eye, w_q, scales), ch09.dequantize_reference(w_q, scales))
+    torch.testing.assert_close(int8_matmul_ref(eye, w_q, scales), ch09._dequantize_reference(w_q, scales))
 
 
 def test_crossover(capsys):

@@ -30,10 +30,10 @@ ROOFLINE = {"preset": "llama-3-8b", "gpu": "h100_sxm", "context": 4096, "batch":
 
 # Exercise 9.2: the bytes of weights a decode step reads, bf16 and int8 (all projections and
 # the output head in int8 with one fp32 scale per output column; norms stay bf16), in GB
-INT8 = {"preset": "llama-3.2-1b"}
+INT8 = {"preset": "llama-3-8b"}
 
 # Exercise 9.4: the batch at which the cache a step reads equals its weights
-CROSSOVER = {"preset": "llama-3.2-1b", "context": 1024}
+CROSSOVER = {"preset": "llama-3-8b", "context": 4096}
 
 
 def _tokens_per_s(config: ModelConfig, batch: int, context: int, GBps: float, nbytes=None) -> float:
@@ -89,7 +89,7 @@ def roofline(tokens_per_s_b1, tokens_per_s_batch) -> None:
 
 # --- 9.2 ---------------------------------------------------------------------------------
 
-def int8_weight_bytes(config: ModelConfig, *, head: bool = True) -> int:
+def _int8_weight_bytes(config: ModelConfig, *, head: bool = True) -> int:
     """Bytes of weights a decode step reads with int8 projections (``K·N`` int8 + ``N`` fp32
     scales each), the head int8 too with ``head``, the norms in bf16."""
     d, F, L = config.dim, config.ffn_dim, config.n_layers
@@ -109,19 +109,19 @@ def int8_bytes(bf16_GB, int8_GB) -> None:
     __tracebackhide__ = True
     config = ModelConfig.from_preset(INT8["preset"])
     bf16 = step_bytes(config, 1, 0, BF16)
-    int8 = int8_weight_bytes(config)
+    int8 = _int8_weight_bytes(config)
     GB = 1e9
     check_part(check_number, bf16_GB, bf16 / GB, name="Exercise 9.2 (bf16)", unit="GB", rel=REL,
                mistakes=[(2 * bf16 / GB, "that is fp32, 4 bytes a weight; bf16 has 2"),
                          (bf16 / 2 / GB, "that counts one byte a weight; bf16 has 2"),
                          ((bf16 + 2 * config.vocab_size * config.dim) / GB,
-                          "the embedding table and the tied head are one matrix, read once (by the "
-                          "head); the lookup reads only B rows")],
+                          "that also counts the embedding table: a step looks up B of its rows, not "
+                          "all of it")],
                explain="Every weight once a step: the floor of a step's bytes, whatever the batch.")
     check_part(check_number, int8_GB, int8 / GB, name="Exercise 9.2 (int8)", unit="GB", rel=REL,
                mistakes=[(bf16 / 2 / GB, "close: add the fp32 scales (4 bytes per output column) and "
                                          "keep the norms in bf16 — or is that exactly half?"),
-                         (int8_weight_bytes(config, head=False) / GB,
+                         (_int8_weight_bytes(config, head=False) / GB,
                           "that keeps the output head in bf16; here it is int8 too"),
                          (bf16 / 4 / GB, "int8 is one byte a weight: a half of bf16, not a quarter")],
                explain=f"{bf16 / int8:.2f}× fewer bytes than bf16: at batch 1, where the weights "
@@ -130,7 +130,7 @@ def int8_bytes(bf16_GB, int8_GB) -> None:
 
 # --- 9.3 ---------------------------------------------------------------------------------
 
-def dequantize_reference(w_q: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+def _dequantize_reference(w_q: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
     """The dequantised tile, as ``int8_matmul``'s kernel computes it in registers: ``w_q (K, N)``
     int8 times its column's scale ``scales (N,)``, in fp32."""
     return w_q.to(torch.float32) * scales.to(torch.float32)[None, :]
@@ -168,7 +168,7 @@ def dequantize(fn) -> None:
         if torch.allclose(got.float(), w_q.to(torch.float32) / scales[None, :]):
             raise AssertionError("Exercise 9.3: that divides by the scale; quantize_int8 divided, so "
                                  "dequantising multiplies")
-    check_function(fn, dequantize_reference, _tiles(), name="Exercise 9.3", atol=1e-6, rtol=1e-6,
+    check_function(fn, _dequantize_reference, _tiles(), name="Exercise 9.3", atol=1e-6, rtol=1e-6,
                    explain="One multiply per weight, in registers, after the int8 bytes arrived: "
                            "the kernel reads half the bytes of bf16 and pays nothing it can see.")
 
