@@ -10,8 +10,9 @@ still ``...`` (or the function still raises ``NotImplementedError``), and raises
 ``AssertionError`` with a hint when it is wrong. A hint names the kind of slip (the KV cache
 left out, a count rounded down, GB for GiB, a GPU count that does not divide the heads, the
 F-wide hidden units for the d-wide activations, one phase of the ring instead of two, rows and
-columns of ``nn.Linear``'s weight swapped, an interleaved split, the ring's steps left out of
-the latency); it never states the expected value.
+columns of ``nn.Linear``'s weight swapped, an interleaved split, a piece of another dtype, N
+ring steps for N − 1, the bidirectional link figure, the ring's steps left out of the latency);
+it never states the expected value.
 """
 
 from __future__ import annotations
@@ -33,16 +34,18 @@ REL = 0.02                 # relative tolerance of every answer that is not a co
 
 # Exercise 10.1: the fewest GPUs that hold the bf16 weights and the bf16 KV cache of `batch`
 # sequences of `context` tokens, by memory alone and for tensor parallelism
-FIT = {"preset": "llama-3-70b", "gpu": "h100_sxm", "batch": 16, "context": 8192}
+FIT = {"preset": "llama-3-70b", "gpu": "a100_80gb", "batch": 128, "context": 8192}
 
 # Exercise 10.2: the all-reduces of one decode step of `batch` sequences over `world_size` ranks
-ALLREDUCE = {"preset": "llama-3-70b", "batch": 16, "world_size": 8}
+ALLREDUCE = {"preset": "llama-3-70b", "batch": 24, "world_size": 4}
 
 # Exercise 10.3: the reader's split of a linear layer's weight for one rank; the labelled case
 SPLIT = {"out_features": 12, "in_features": 8, "world_size": 4, "rank": 1}
 
-# Exercise 10.4: the latency per ring step at which `more` ranks decode no faster than `fewer`
-BREAK_EVEN = {"preset": "llama-3-70b", "gpu": "h200", "batch": 1, "context": 4096,
+# Exercise 10.4: the ring steps of a decode step on `more` ranks, the time its bytes take on the
+# link on `fewer` ranks at zero latency, and the latency per ring step at which `more` ranks
+# decode no faster than `fewer`
+BREAK_EVEN = {"preset": "llama-3-70b", "gpu": "h200", "batch": 64, "context": 4096,
               "link": "nvlink", "fewer": 4, "more": 8}
 
 #: the splits of exercise 10.3, Megatron's names: a column-parallel layer splits its outputs
@@ -75,6 +78,18 @@ def _rank_bytes(config: ModelConfig, world_size: int, tokens: int) -> int:
     embedding = 0 if config.tie_embeddings else config.vocab_size // world_size * config.dim
     return (cost.rank_weight_bytes(config, world_size, BF16) + embedding * BF16_BYTES
             + cost.rank_kv_bytes(config, tokens, 1, world_size, BF16))
+
+
+def _gpus(n: int) -> str:
+    return f"{n} GPU" if n == 1 else f"{n} GPUs"
+
+
+def _not_gib(want: float, what: str) -> list[tuple[float, str]]:
+    """Answers 7% off ``want`` (KiB): the generic hint would blame GB for GiB, which cannot
+    happen in a KiB answer; these say so instead (listed after the named slips, which win)."""
+    hint = (f"7% off, but not a unit slip: the answer is in KiB throughout (KiB and KB differ by "
+            f"2.4%, and no GB is involved) — recheck {what}")
+    return [(want * 1.024**3, hint), (want / 1.024**3, hint)]
 
 
 def _shardable(config: ModelConfig, n: int) -> bool:
@@ -138,21 +153,24 @@ def min_gpus(by_memory, for_tp) -> None:
         raise AssertionError(f"{name}: {got!r} is not a whole number of GPUs: a rank is one GPU")
     n = int(got)
     if n == tp:
-        print(f"✅ {name}: correct. " + _wrap(name, f"{FIT['preset']} splits over {n} GPUs "
+        print(f"✅ {name}: correct. " + _wrap(name, f"{FIT['preset']} splits over {_gpus(n)} "
                                                   f"({_rank_bytes(cfg, n, tokens) / 1e9:.1f} GB "
                                                   "each); fewer do not fit or do not divide."))
         return
     if not _shardable(cfg, n):
         raise AssertionError(
-            f"{name}: tensor parallelism cannot split {FIT['preset']} over {n} GPUs — N must "
+            f"{name}: tensor parallelism cannot split {FIT['preset']} over {_gpus(n)} — N must "
             f"divide the {cfg.n_heads} query heads (each rank computes whole heads), the MLP's "
             "hidden units and the vocabulary, and divide the K/V heads or be a multiple of "
             "them (parallel.check_shardable says which fails)")
     if _rank_bytes(cfg, n, tokens) > memory:
         raise AssertionError(
-            f"{name}: with {n} GPUs each rank would hold more than one GPU's memory: fewer GPUs "
-            "than the weights and the cache need")
-    raise AssertionError(f"{name}: {n} GPUs work, but fewer would do: find the smallest count "
+            f"{name}: " + ("one GPU's memory does not hold the weights and the cache"
+                           if n == 1 else f"with {_gpus(n)} each rank would hold more than one "
+                                          "GPU's memory") +
+            ": fewer GPUs than the weights and the cache need (count each rank's share: with "
+            "more ranks than K/V heads, the ranks sharing a head each keep a copy of its cache)")
+    raise AssertionError(f"{name}: {_gpus(n)} work, but fewer would do: find the smallest count "
                          "that the heads, the MLP and the vocabulary divide by and whose "
                          "shares fit")
 
@@ -201,6 +219,7 @@ def allreduce_bytes(allreduces, payload_KiB, sent_KiB) -> None:
                    (payload / 1e3, "that is KB (1000 bytes); the question asks for KiB (1024 "
                                    "bytes)"),
                    (payload, "that is bytes; the question asks for KiB (1024 bytes)"),
+                   *_not_gib(payload / KiB, "the factors B, d and the bytes per number"),
                ], payload / KiB),
                explain=_wrap(name, "B · d · 2 bytes: a token's activations for every sequence "
                                    "of the batch."))
@@ -214,18 +233,31 @@ def allreduce_bytes(allreduces, payload_KiB, sent_KiB) -> None:
                                                  "all-gather's N − 1 steps to the "
                                                  "reduce-scatter's"),
                    (2 * payload / KiB, "each of the 2(N − 1) steps moves one chunk, payload / N: "
-                                       "that is a little less than twice the payload"),
+                                       "2(N − 1)/N payloads in all, which comes near twice the "
+                                       "payload only for many ranks"),
+                   (payload * (2 * N - 1) / N / KiB, "a ring over N ranks takes N − 1 steps per "
+                                                     "phase, 2(N − 1) in all, not 2N − 1"),
                    (N * payload / KiB, "a rank sends chunks of the payload, not a copy to every "
                                        "other rank"),
+                   (2 * sent / KiB, "that counts what a rank receives as well as what it sends; "
+                                    "the question asks for the bytes sent (as many again come in "
+                                    "over the other direction of the link)"),
                    ((N - 1) * payload / KiB, "each step moves one chunk, payload / N, not the "
                                              "whole payload"),
                    (2 * (N - 1) * payload / KiB, "each step moves one chunk, payload / N, not the "
                                                  "whole payload"),
+                   (count * sent / KiB, "that is every all-reduce of the step together; the "
+                                        "question asks for one all-reduce"),
+                   (count * 2 * sent / KiB, "that is every all-reduce of the step, counting what "
+                                            "comes in as well as what goes out; the question asks "
+                                            "for the bytes one all-reduce sends"),
                    (sent / 1e3, "that is KB (1000 bytes); the question asks for KiB (1024 "
                                 "bytes)"),
+                   *_not_gib(sent / KiB, "how many chunks of payload / N a rank sends"),
                ], sent / KiB),
-               explain=_wrap(name, f"2 · (N − 1) / N = {2 * (N - 1) / N:g} payloads: for large "
-                                   "N, about twice the payload, whatever N."))
+               explain=_wrap(name, f"2 · (N − 1) / N = {2 * (N - 1) / N:g} payloads: the "
+                                   "payload itself at N = 2, approaching twice the payload as N "
+                                   "grows."))
 
 
 # --- 10.3 (coding) -----------------------------------------------------------------------
@@ -306,6 +338,10 @@ def split_weight(fn) -> bool:
             raise AssertionError(f"{name}: the function returned None: does it end with `return`?")
         if not isinstance(got, torch.Tensor):
             raise AssertionError(f"{name}: return a tensor, got {type(got).__name__}")
+        if got.dtype != weight.dtype:
+            raise AssertionError(f"{name} ({split}): the piece is {got.dtype}, the weight "
+                                 f"{weight.dtype}: return the weight's own numbers, no .float(), "
+                                 ".bfloat16() or .to() — a rank computes with the weight's dtype")
         want = _split_ref(weight, split, r, N)
         if got.shape == want.shape and torch.equal(got.double(), want):
             continue
@@ -328,11 +364,17 @@ def split_weight(fn) -> bool:
                                             "layer's outputs; the row pieces' partial outputs "
                                             "add up to them: that sum is the all-reduce."))
     if ok:                                                   # the reason the pairing works
-        x = torch.randn(3, in_f, generator=g, dtype=torch.float64)
+        x = torch.randn(3, in_f, generator=g, dtype=weight.dtype)
         full = x @ weight.T
-        columns = torch.cat([x @ fn(weight, "column", k, N).T for k in range(N)], dim=-1)
-        rows = sum(x[:, k * in_f // N:(k + 1) * in_f // N] @ fn(weight, "row", k, N).T
-                   for k in range(N))
+        pieces = {split: [fn(weight, split, k, N) for k in range(N)] for split in SPLITS}
+        for split, group in pieces.items():
+            if any(not isinstance(p, torch.Tensor) or p.dtype != weight.dtype for p in group):
+                raise AssertionError(f"{name} ({split}): some ranks' pieces are not tensors of "
+                                     f"the weight's dtype ({weight.dtype}): return the weight's "
+                                     "own numbers for every rank")
+        columns = torch.cat([x @ p.T for p in pieces["column"]], dim=-1)
+        rows = sum(x[:, k * in_f // N:(k + 1) * in_f // N] @ p.T
+                   for k, p in enumerate(pieces["row"]))
         torch.testing.assert_close(columns, full)
         torch.testing.assert_close(rows, full)
     return ok
@@ -340,33 +382,102 @@ def split_weight(fn) -> bool:
 
 # --- 10.4 --------------------------------------------------------------------------------
 
-def _step_s(cfg: ModelConfig, n: int, latency: float, link: str | None = None) -> float:
+def _step(cfg: ModelConfig, n: int, latency: float, link_factor: float = 1.0) -> dict:
+    """``parallel.cost``'s decode step for exercise 10.4 on ``n`` ranks, the link's one-way
+    bandwidth scaled by ``link_factor`` (2: the spec table's bidirectional figure)."""
     b = BREAK_EVEN
     spec = hardware.SPECS[b["gpu"]]
     return cost.predict_decode_step(
         cfg, b["batch"], b["context"], n, hbm_bandwidth=spec.bandwidth_GBps * 1e9,
-        link_bandwidth=cost.link_bandwidth(spec, link or b["link"]) if n > 1 else None,
-        latency=latency)["step_s"]
+        link_bandwidth=cost.link_bandwidth(spec, b["link"]) * link_factor if n > 1 else None,
+        latency=latency)
 
 
-def break_even(latency_us) -> None:
+def _step_s(cfg: ModelConfig, n: int, latency: float) -> float:
+    return _step(cfg, n, latency)["step_s"]
+
+
+def _link_s(step: dict) -> float:
+    return step["allreduce_s"] + step["allgather_s"]
+
+
+def break_even(ring_steps, link_us, latency_us) -> None:
     """Exercise 10.4: with the cost model of ``parallel.cost.predict_decode_step`` (weights and
     cache at the spec table's HBM bandwidth, ring collectives over one direction of the link,
-    ``latency`` paid at every step of a ring), the latency per ring step in µs at which
-    ``BREAK_EVEN["more"]`` ranks decode ``BREAK_EVEN["preset"]`` exactly as fast as
-    ``BREAK_EVEN["fewer"]`` ranks, at ``BREAK_EVEN["batch"]`` sequences of
-    ``BREAK_EVEN["context"]`` tokens on ``BREAK_EVEN["gpu"]`` over ``BREAK_EVEN["link"]``."""
+    ``latency`` paid at every step of a ring), for ``BREAK_EVEN["preset"]`` decoding
+    ``BREAK_EVEN["batch"]`` sequences of ``BREAK_EVEN["context"]`` tokens on
+    ``BREAK_EVEN["gpu"]`` over ``BREAK_EVEN["link"]``: (a) the ring steps of one decode step on
+    ``BREAK_EVEN["more"]`` ranks (the times it pays the latency), (b) the µs its collectives'
+    bytes take on the link on ``BREAK_EVEN["fewer"]`` ranks at zero latency, (c) the latency per
+    ring step in µs at which ``BREAK_EVEN["more"]`` ranks decode exactly as fast as
+    ``BREAK_EVEN["fewer"]``."""
     __tracebackhide__ = True
     b = BREAK_EVEN
     cfg = ModelConfig.from_preset(b["preset"])
-    few, many = b["fewer"], b["more"]
-    saved = _step_s(cfg, few, 0.0) - _step_s(cfg, many, 0.0)          # s, at zero latency
+    few, many, L = b["fewer"], b["more"], cfg.n_layers
     # the step time grows linearly in the latency: its slope is the number of ring steps
-    steps = {n: _step_s(cfg, n, 1.0) - _step_s(cfg, n, 0.0) for n in (1, few, many)}
-    want = saved / (steps[many] - steps[few]) * 1e6
-    calls = 2 * cfg.n_layers + 2                                    # all-reduces + the all-gather
+    steps = {n: round(_step_s(cfg, n, 1.0) - _step_s(cfg, n, 0.0)) for n in (1, few, many)}
+    count = 2 * L + 1                                             # all-reduces per step
+
+    name = "Exercise 10.4 (ring steps)"
+    N = many
+    check_part(check_number, ring_steps, steps[many], name=name, rel=0, integer=True,
+               mistakes=_merged([
+                   (count * 2 * N + N, "a ring over N ranks takes N − 1 steps per phase: each "
+                                       "rank passes on a chunk from each of the N − 1 others, "
+                                       "not N"),
+                   (count * (N - 1) + (N - 1), "an all-reduce is two phases of a ring, "
+                                               "reduce-scatter and all-gather: 2(N − 1) steps"),
+                   (2 * L * 2 * (N - 1) + (N - 1), "the vocabulary-parallel embedding "
+                                                   "all-reduces too: 2L + 1 all-reduces"),
+                   (count * 2 * (N - 1), "the logits' all-gather is a ring too: add its "
+                                         "N − 1 steps"),
+                   (count * 2 * (N - 1) + 2 * (N - 1), "an all-gather is one phase of a ring: "
+                                                       "N − 1 steps, not 2(N − 1)"),
+                   (count + 1, "that counts the collectives; the ring model pays the latency "
+                               "at every step of a ring, 2(N − 1) per all-reduce and N − 1 "
+                               "for the all-gather"),
+                   (steps[few], f"that is for {few} ranks; the question asks for {many}"),
+               ], steps[many]),
+               explain=_wrap(name, "2(N − 1) per all-reduce, 2L + 1 all-reduces, and N − 1 "
+                                   "for the logits' all-gather."))
+
+    name = "Exercise 10.4 (link time)"
+    at_few = _step(cfg, few, 0.0)
+    link = _link_s(at_few)
+    payload = b["batch"] * cfg.dim * BF16_BYTES
+    unsplit = count * payload / cost.link_bandwidth(hardware.SPECS[b["gpu"]], b["link"])
+    check_part(check_number, link_us, link * 1e6, name=name, unit="µs", rel=REL,
+               mistakes=_merged([
+                   (_link_s(_step(cfg, few, 0.0, link_factor=2)) * 1e6,
+                    "that uses the spec table's figure, which counts both directions of the "
+                    "link; a ring sends in one direction while it receives from the other, so "
+                    "each rank's sending runs at half of it"),
+                   (at_few["allreduce_s"] * 1e6, "the logits' all-gather crosses the link too: "
+                                                 "each rank sends its B · V/N logits around "
+                                                 "the ring"),
+                   ((unsplit + at_few["allgather_s"]) * 1e6,
+                    "a ring all-reduce sends 2(N − 1)/N of the payload per rank, not the "
+                    "payload once"),
+                   (_link_s(_step(cfg, many, 0.0)) * 1e6, f"that is for {many} ranks; the "
+                                                          f"question asks for {few}"),
+                   (at_few["memory_s"] * 1e6, "that is the time of the HBM reads; the question "
+                                              "asks for the collectives' bytes on the link"),
+                   (at_few["step_s"] * 1e6, "that is the whole step; the question asks for the "
+                                            "collectives' bytes on the link only"),
+                   (0.0, "at zero latency the bytes still take their time: payload over the "
+                         "link's bandwidth, 2(N − 1) chunks per all-reduce"),
+               ], link * 1e6),
+               explain=_wrap(name, f"{link / at_few['step_s']:.0%} of the step: at this batch "
+                                   "the bytes on the link are small beside the HBM reads."))
+
     name = "Exercise 10.4 (break-even latency)"
-    check_number(latency_us, want, name=name, unit="µs", rel=REL, mistakes=_merged([
+    saved = _step_s(cfg, few, 0.0) - _step_s(cfg, many, 0.0)          # s, at zero latency
+    want = saved / (steps[many] - steps[few]) * 1e6
+    calls = count + 1                                               # all-reduces + the all-gather
+    memory_only = (_step(cfg, few, 0.0)["memory_s"] - _step(cfg, many, 0.0)["memory_s"])
+    shift = abs(memory_only / saved - 1)
+    check_part(check_number, latency_us, want, name=name, unit="µs", rel=REL, mistakes=_merged([
         (saved / calls * 1e6, "that is the saving spread over the collectives, one latency per "
                               "call; the model pays the latency at every step of a ring, "
                               "2(N − 1) per all-reduce and N − 1 per all-gather, so a call on "
@@ -379,6 +490,7 @@ def break_even(latency_us) -> None:
         (saved / steps[many] * 1e6, f"the {few} ranks pay latencies too: compare the two "
                                     "step times, each with its own count of ring steps"),
     ], want), explain=_wrap(name, f"below it, {many} ranks beat {few}; above it, the "
-                                  f"{steps[many] - steps[few]:.0f} extra ring steps of a decode "
+                                  f"{steps[many] - steps[few]} extra ring steps of a decode "
                                   "step cost more than the smaller shares of weights and cache "
-                                  "save."))
+                                  f"save. The link's bandwidth moves it by {shift:.1%}: in the "
+                                  "ring model the latency decides."))

@@ -17,8 +17,9 @@ them)::
 
 ``link`` is the bandwidth of **one direction** of a GPU's link to the others: half the
 bidirectional NVLink or PCIe totals of ``hardware.SPECS`` (``link_bandwidth``). ``latency``
-is the cost of one step of a ring (a message's start-up, a kernel's launch and the handshake):
-not in any datasheet, so it is a parameter, 0 unless given — a prediction that ignores it is a
+is the cost of one step of a ring (the link's latency and the neighbours' handshake; the
+collective's kernel is launched once per call, not per step): not in any datasheet, so it is
+a parameter, 0 unless given — a prediction that ignores it is a
 lower bound on the communication, and at decode batch sizes, where each message is a few
 tens of KB, it is the term that dominates. The measurement of several GPUs supplies it.
 
