@@ -44,7 +44,8 @@ DATA_MODULES = ("infer_lib.experiments.ceilings", "infer_lib.experiments.bottlen
                 "infer_lib.experiments.kv_cache", "infer_lib.experiments.prefill_decode",
                 "infer_lib.experiments.tensor_cores", "infer_lib.experiments.fusion",
                 "infer_lib.experiments.gqa_quality", "infer_lib.experiments.gqa_speed",
-                "infer_lib.experiments.block_size", "infer_lib.experiments.fast_decode")
+                "infer_lib.experiments.block_size", "infer_lib.experiments.fast_decode",
+                "infer_lib.experiments.serving")
 NOTEBOOK_PKGS = ("nbclient", "ipykernel", "ipywidgets", "nbformat")
 
 

@@ -44,7 +44,7 @@ CODING_EXERCISE_REQUIRED: list[str] = ["01_gpu_architecture.ipynb", "02_bottlene
                                         "03_linear_layer.ipynb", "04_attention.ipynb",
                                         "05_prefill_and_decode.ipynb", "06_kv_cache.ipynb",
                                         "07_mqa_gqa.ipynb", "08_cuda_and_kernel_fusion.ipynb",
-                                        "10_beyond_one_gpu.ipynb"]
+                                        "09_fast_decoding.ipynb", "10_beyond_one_gpu.ipynb"]
 
 #: The first line of every solution cell: Colab shows a form cell as this title, its code folded.
 SOLUTION_TITLE = "#@title Solution (double-click to show)"

@@ -42,8 +42,9 @@ else:
     from ._fallback import (add_rms_norm, add_rms_norm_ref, decode_attention,  # noqa: F401
                             decode_attention_ref, flash_attention, flash_attention_ref, int8_matmul,
                             int8_matmul_ref, matmul, matmul_ref, matmul_splitk, matmul_splitk_ref,
-                            quantize_int8, rms_norm, rms_norm_ref, rope_cache, rope_cache_ref, softmax,
-                            softmax_ref, swiglu, swiglu_ref, vector_add, vector_add_ref)
+                            paged_decode_attention, paged_decode_attention_ref, quantize_int8, rms_norm,
+                            rms_norm_ref, rope_cache, rope_cache_ref, softmax, softmax_ref, swiglu,
+                            swiglu_ref, vector_add, vector_add_ref)
 
 
 def need_triton(what: str) -> bool:
@@ -65,8 +66,6 @@ def need_triton(what: str) -> bool:
 __all__ = ["TRITON", "TritonNotInstalledWarning", "add_rms_norm", "add_rms_norm_ref", "decode_attention",
            "decode_attention_ref", "flash_attention", "flash_attention_ref", "int8_matmul",
            "int8_matmul_ref", "matmul", "matmul_ref", "matmul_splitk", "matmul_splitk_ref", "need_triton",
-           "quantize_int8", "rms_norm", "rms_norm_ref", "rope_cache", "rope_cache_ref", "softmax", "softmax_ref",
-           "swiglu", "swiglu_ref",
+           "paged_decode_attention", "paged_decode_attention_ref", "quantize_int8", "rms_norm",
+           "rms_norm_ref", "rope_cache", "rope_cache_ref", "softmax", "softmax_ref", "swiglu", "swiglu_ref",
            "vector_add", "vector_add_ref"]
-if TRITON:   # no Triton-less fallback yet: without Triton, infer_lib.serving attends in PyTorch
-    __all__ += ["paged_decode_attention", "paged_decode_attention_ref"]

@@ -57,7 +57,7 @@ def _no_config(op: str, config) -> None:
 #: the launchers need (``quantize_int8`` is the same function with or without Triton)
 _FROM_KERNEL_FILES = {op: (f"{op}_ref",) for op in (
     "vector_add", "softmax", "matmul", "matmul_splitk", "flash_attention", "decode_attention",
-    "rms_norm", "add_rms_norm", "swiglu", "rope_cache")}
+    "rms_norm", "add_rms_norm", "swiglu", "rope_cache", "paged_decode_attention")}
 _FROM_KERNEL_FILES["int8_matmul"] = ("quantize_int8", "int8_matmul_ref")
 
 
@@ -87,6 +87,7 @@ rms_norm_ref = _refs["rms_norm_ref"]
 add_rms_norm_ref = _refs["add_rms_norm_ref"]
 swiglu_ref = _refs["swiglu_ref"]
 rope_cache_ref = _refs["rope_cache_ref"]
+paged_decode_attention_ref = _refs["paged_decode_attention_ref"]
 int8_matmul_ref = _refs["int8_matmul_ref"]
 quantize_int8 = _refs["quantize_int8"]
 
@@ -155,6 +156,15 @@ def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     """Without Triton: ``swiglu_ref(gate, up)``."""
     _note("swiglu", "swiglu_ref")
     return swiglu_ref(gate, up)
+
+
+def paged_decode_attention(q: torch.Tensor, k_blocks: torch.Tensor, v_blocks: torch.Tensor,
+                           block_table: torch.Tensor, cache_seqlens: torch.Tensor,
+                           sm_scale: float | None = None, num_splits: int | None = None) -> torch.Tensor:
+    """Without Triton: ``paged_decode_attention_ref(q, k_blocks, v_blocks, block_table, cache_seqlens,
+    sm_scale)``."""
+    _note("paged_decode_attention", "paged_decode_attention_ref")
+    return paged_decode_attention_ref(q, k_blocks, v_blocks, block_table, cache_seqlens, sm_scale=sm_scale)
 
 
 def rope_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
