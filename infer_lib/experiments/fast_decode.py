@@ -277,9 +277,11 @@ def ours_generate(model, batch: int, dtype, *, smoke: bool = False) -> dict:
 
 
 def run(preset: str = "llama-3.2-1b", *, context: int = CONTEXT, batches=BATCHES, smoke: bool = False,
-        sweeps: bool = True, peers: bool = True, peer_compile: bool = True, progress: bool = True) -> dict:
+        sweeps: bool = True, peers: bool = True, peer_compile: bool = True, progress: bool = True,
+        on_stage=None) -> dict:
     """The payload of ``fast_decode_<gpu>.json`` (GPU only, or ``smoke`` on any machine: the tiny
-    model, a few tokens of context, eager steps and a wall clock)."""
+    model, a few tokens of context, eager steps and a wall clock). ``on_stage(payload)`` is called
+    after each stage with what is measured so far (a long run can save as it goes)."""
     if not smoke:
         measure._require_gpu("fast_decode.run")
     sweep_batches, sweep_contexts, prompts = SWEEP_BATCHES, SWEEP_CONTEXTS, PROMPTS
@@ -300,42 +302,93 @@ def run(preset: str = "llama-3.2-1b", *, context: int = CONTEXT, batches=BATCHES
         return _record(us, batch, step_bytes(config, batch, ctx, dtype) if nbytes is None else nbytes,
                        copy_GBps, context=ctx, **keys)
 
-    ladder, profiles = [], []
+    ladder, profiles, int8, batch_sweep, context_sweep, latency, peer_records = [], [], [], [], [], [], []
+    state = {"fastest": None, "compile_s": None}
+
+    def payload() -> dict:
+        compile_s = state["compile_s"]
+        return {"provenance": {**measure.provenance(), "smoke": smoke},
+                "timing": SMOKE_TIMING if smoke else TIMING,
+                "params": {"preset": preset, "dtype": device.dtype_name(dtype), "context": context,
+                           "weights": "random", "fastest_rung": state["fastest"], "sweep_rung": "fused",
+                           "compile_s": None if compile_s is None else measure.sig(compile_s, 3),
+                           "peer_prompt": PEER_PROMPT, "peer_new_tokens": PEER_NEW_TOKENS},
+                "copy_GBps": copy_GBps, "ladder": ladder, "int8": int8, "batch_sweep": batch_sweep,
+                "context_sweep": context_sweep, "profile": profiles, "latency": latency,
+                "peers": peer_records}
+
+    def done(stage: str) -> None:
+        say(stage)
+        if on_stage is not None:
+            on_stage(payload())
+
+    def free(model) -> None:
+        del model
+        if device.HAS_GPU:
+            torch.cuda.empty_cache()
+
     with torch.no_grad():
+        # the ladder, rung by rung on one model (each switch keeps the ones before)
         model = random_model(config, "sdpa", dtype)
         for b in batches:
             ladder.append(rec(time_no_cache(model, b, context, smoke=smoke), b, rung="no_cache"))
-            ladder.append(rec(time_step(model, b, context, dtype, graph=False, smoke=smoke), b, rung="static_cache"))
-        say("no_cache, static_cache")
+            ladder.append(rec(time_step(model, b, context, dtype, graph=False, smoke=smoke), b,
+                              rung="static_cache"))
         profiles.append({"rung": "static_cache", "batch": 1,
                          **profile_step(model, 1, context, dtype, graph=False, smoke=smoke)})
+        done("no_cache, static_cache")
         steps = (("cuda_graph", lambda m: m), ("decode_attention", lambda m: setattr(m, "backend", "triton")),
                  ("fused", fast.fuse), ("our_matmul", lambda m: fast.use_matmul(m, head=True)))
         for rung, switch in steps:
             switch(model)
             for b in batches:
                 ladder.append(rec(time_step(model, b, context, dtype, graph=graph, smoke=smoke), b, rung=rung))
-            say(rung)
+            done(rung)
         profiles.append({"rung": "our_matmul", "batch": 1,
                          **profile_step(model, 1, context, dtype, graph=graph, smoke=smoke)})
-        fastest = min((r for r in ladder if r["batch"] == batches[0]), key=lambda r: r["ms"])["rung"]
-        ours = [ours_generate(model, b, dtype, smoke=smoke) for b in batches] if peers else []
-        say("profile, ours end to end")
+        state["fastest"] = min((r for r in ladder if r["batch"] == batches[0]), key=lambda r: r["ms"])["rung"]
+        if peers:
+            peer_records.extend(ours_generate(model, b, dtype, smoke=smoke) for b in batches)
+        done("profile, ours end to end")
+        free(model)
+
+        # int8 weights, on a model of its own (quantize is one-way)
+        model = random_model(config, "triton", dtype)
+        fast.fuse(model)
+        fast.quantize(model, head=True)
+        wb = fast.weight_bytes(model)
+        int8_weights = wb["projections"] + wb["head"] + wb["norms"]
+        for b in batches:
+            nbytes = int8_weights + config.kv_cache_bytes_per_token(dtype) * context * b
+            int8.append(rec(time_step(model, b, context, dtype, graph=graph, smoke=smoke), b, nbytes=nbytes,
+                            head_int8=True, weight_bytes=int8_weights))
+        done("int8")
+        free(model)
+
+        # torch.compile of the plain model (GPU only: on a CPU Inductor compiles C++ for minutes)
+        if device.HAS_GPU and not smoke:
+            model = random_model(config, "sdpa", dtype)
+            model.forward = torch.compile(model.forward, dynamic=False)
+            cache, token = _filled_cache(config, batches[0], context, dtype)
+            t0 = time.perf_counter()
+            decode_one_token(model, token, cache)                # compiles for these shapes
+            torch.cuda.synchronize()
+            state["compile_s"] = time.perf_counter() - t0
+            del cache
+            for b in batches:
+                ladder.append(rec(time_step(model, b, context, dtype, graph=True), b, rung="torch_compile"))
+            done(f"torch_compile (compiled in {state['compile_s']:.0f} s)")
+            free(model)
+
+        if peers:
+            for b in batches:
+                peer_records.append(transformers_generate(config, b, dtype, smoke=smoke))
+            if peer_compile and device.HAS_GPU and not smoke:
+                peer_records.append(transformers_generate(config, batches[0], dtype, compiled=True))
+            done("peers")
 
         # the fused rung for the sweeps and the latencies (cuBLAS projections: no tuning per shape)
-        fast.reset(model)
-        fast.fuse(model)
-        batch_sweep, context_sweep, latency = [], [], []
-        if sweeps:
-            for b in sweep_batches:
-                batch_sweep.append(rec(time_step(model, b, context, dtype, graph=graph, smoke=smoke), b))
-            say("batch sweep")
-            for b in SWEEP_CONTEXT_BATCHES if not smoke else (1,):
-                for ctx in sweep_contexts:
-                    if ctx + 1 > config.max_seq_len:
-                        continue
-                    context_sweep.append(rec(time_step(model, b, ctx, dtype, graph=graph, smoke=smoke), b, ctx))
-            say("context sweep")
+        model = fast.fuse(random_model(config, "triton", dtype))
         tpot_us = time_step(model, 1, context, dtype, graph=graph, smoke=smoke)
         for p in prompts:
             ids = torch.randint(0, config.vocab_size, (1, p), device=device.DEVICE)
@@ -347,61 +400,19 @@ def run(preset: str = "llama-3.2-1b", *, context: int = CONTEXT, batches=BATCHES
             latency.append({"prompt": p, "ttft_ms": measure.sig(measure.timer(smoke, hot=False)(first_token) / 1e3),
                             "tpot_ms": measure.sig(tpot_us / 1e3), "tpot_context": context})
             del cache
-        say("latency")
-        del model
-        if device.HAS_GPU:
-            torch.cuda.empty_cache()
-
-        # int8 weights, on a model of its own (quantize is one-way)
-        model = random_model(config, "triton", dtype)
-        fast.fuse(model)
-        fast.quantize(model, head=True)
-        wb = fast.weight_bytes(model)
-        int8_weights = wb["projections"] + wb["head"] + wb["norms"]
-        int8 = []
-        for b in batches:
-            nbytes = int8_weights + config.kv_cache_bytes_per_token(dtype) * context * b
-            int8.append(rec(time_step(model, b, context, dtype, graph=graph, smoke=smoke), b, nbytes=nbytes,
-                            head_int8=True, weight_bytes=int8_weights))
-        say("int8")
-        del model
-        if device.HAS_GPU:
-            torch.cuda.empty_cache()
-
-        # torch.compile of the plain model (GPU only: on a CPU Inductor compiles C++ for minutes)
-        compile_s = None
-        if device.HAS_GPU and not smoke:
-            model = random_model(config, "sdpa", dtype)
-            model.forward = torch.compile(model.forward, dynamic=False)
-            cache, token = _filled_cache(config, batches[0], context, dtype)
-            t0 = time.perf_counter()
-            decode_one_token(model, token, cache)                # compiles for these shapes
-            torch.cuda.synchronize()
-            compile_s = time.perf_counter() - t0
-            del cache
-            for b in batches:
-                ladder.append(rec(time_step(model, b, context, dtype, graph=True), b, rung="torch_compile"))
-            say(f"torch_compile (compiled in {compile_s:.0f} s)")
-            del model
-            torch.cuda.empty_cache()
-
-        peer_records = []
-        if peers:
-            for b in batches:
-                peer_records.append(transformers_generate(config, b, dtype, smoke=smoke))
-            if peer_compile and device.HAS_GPU and not smoke:
-                peer_records.append(transformers_generate(config, batches[0], dtype, compiled=True))
-            say("peers")
-        peer_records = ours + peer_records
-
-    return {"provenance": {**measure.provenance(), "smoke": smoke},
-            "timing": SMOKE_TIMING if smoke else TIMING,
-            "params": {"preset": preset, "dtype": device.dtype_name(dtype), "context": context,
-                       "weights": "random", "fastest_rung": fastest, "sweep_rung": "fused",
-                       "compile_s": None if compile_s is None else measure.sig(compile_s, 3),
-                       "peer_prompt": PEER_PROMPT, "peer_new_tokens": PEER_NEW_TOKENS},
-            "copy_GBps": copy_GBps, "ladder": ladder, "int8": int8, "batch_sweep": batch_sweep,
-            "context_sweep": context_sweep, "profile": profiles, "latency": latency, "peers": peer_records}
+        done("latency")
+        if sweeps:
+            for b in sweep_batches:
+                batch_sweep.append(rec(time_step(model, b, context, dtype, graph=graph, smoke=smoke), b))
+            done("batch sweep")
+            for b in SWEEP_CONTEXT_BATCHES if not smoke else (1,):
+                for ctx in sweep_contexts:
+                    if ctx + 1 <= config.max_seq_len:
+                        context_sweep.append(rec(time_step(model, b, ctx, dtype, graph=graph, smoke=smoke),
+                                                 b, ctx))
+            done("context sweep")
+        free(model)
+    return payload()
 
 
 def _report(doc: dict) -> None:
