@@ -282,8 +282,8 @@ def ring_allreduce_time(payload_bytes: float, n: int, link_bandwidth: float,
         2 · (n − 1) · (latency + payload / (n · link_bandwidth))
 
     At decode batch sizes the payload is small (``B · d`` numbers) and the latency term
-    dominates; at large payloads the time tends to ``2 · payload / link_bandwidth`` whatever
-    ``n``. 0 for one rank."""
+    dominates; at large payloads the time is ``2 · (n − 1) / n · payload / link_bandwidth``:
+    one payload's time for 2 ranks, 1.75 for 8, tending to 2 as ``n`` grows. 0 for one rank."""
     n = _count("n", n)
     if n == 1:
         return 0.0
