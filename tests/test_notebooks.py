@@ -13,6 +13,9 @@ sys.path.insert(0, str(ROOT / "tools"))
 import notebooks  # noqa: E402
 
 CHAPTERS = notebooks.chapters()
+#: the chapters that are lessons, with exercises; the others (the setup check) are listed, with
+#: their reason, in notebooks.NOT_LESSONS
+LESSONS = [p for p in CHAPTERS if p.name not in notebooks.NOT_LESSONS]
 
 
 def test_there_are_chapters():
@@ -62,7 +65,8 @@ def test_student_edition_drops_solutions_only(tmp_path):
         assert not any("solution" in t for t in tags)
         n_solutions = sum("solution" in c.metadata.get("tags", []) for c in original.cells)
         assert len(stripped.cells) == len(original.cells) - n_solutions
-        assert sum("exercise" in t for t in tags) >= notebooks.MIN_EXERCISES
+        if out.name not in notebooks.NOT_LESSONS:
+            assert sum("exercise" in t for t in tags) >= notebooks.MIN_EXERCISES
 
 
 # --- each convention, and that `check` refuses a chapter that breaks it ----------------------
@@ -83,7 +87,7 @@ def _first(nb, tag):
     return next(c for c in nb.cells if tag in _tags(c))
 
 
-@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", LESSONS, ids=lambda p: p.name)
 def test_exercise_cells_do_not_expect_an_exception(path):
     """An unattempted exercise prints "not attempted yet" and returns: "Run all" goes on past it."""
     nb = nbformat.read(path, as_version=4)
@@ -96,7 +100,7 @@ def test_exercise_cells_do_not_expect_an_exception(path):
             path, lambda nb: _first(nb, "exercise").metadata["tags"].append(tag))
 
 
-@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", LESSONS, ids=lambda p: p.name)
 def test_solutions_fold_input_and_output_and_are_colab_forms(path):
     nb = nbformat.read(path, as_version=4)
     solutions = [c for c in nb.cells if "solution" in _tags(c)]
@@ -240,7 +244,7 @@ ch01.{check}(my_softmax)'''
 
 def test_coding_exercise_check_can_be_switched_on_per_chapter(monkeypatch):
     """Every chapter listed in CODING_EXERCISE_REQUIRED needs a cell tagged exercise and coding."""
-    path = CHAPTERS[0]
+    path = LESSONS[0]
     monkeypatch.setattr(notebooks, "CODING_EXERCISE_REQUIRED", [path.name])
     assert "no coding exercise" not in "\n".join(notebooks.problems(path))
 
@@ -271,3 +275,31 @@ def _broken_with_required(path, breaking):
 def test_coding_exercise_required_is_a_list_of_existing_chapters():
     names = {p.name for p in CHAPTERS}
     assert set(notebooks.CODING_EXERCISE_REQUIRED) <= names
+
+
+def test_pages_that_are_not_lessons_say_why_and_have_no_exercises():
+    """The setup check is a chapter without exercises: named with its reason in NOT_LESSONS, it
+    keeps every other convention, and `check` refuses an exercise added to it."""
+    names = {p.name for p in CHAPTERS}
+    assert set(notebooks.NOT_LESSONS) <= names
+    assert not set(notebooks.NOT_LESSONS) & set(notebooks.CODING_EXERCISE_REQUIRED)
+    for name, reason in notebooks.NOT_LESSONS.items():
+        assert reason.strip(), name
+        path = notebooks.CHAPTERS / name
+        nb = nbformat.read(path, as_version=4)
+        assert not [c for c in nb.cells if _tags(c) & {"exercise", "solution", "coding"}]
+
+        def with_exercise(nb):
+            nb.cells.append(nbformat.v4.new_code_cell("x = ...\nch01.check(x)",
+                                                      metadata={"tags": ["exercise"]}))
+
+        assert "is not a lesson and has none" in _broken(path, with_exercise)
+
+
+def test_a_lesson_without_exercises_is_refused():
+    """The exemption is per page: a lesson that loses its exercises is still refused."""
+    def no_exercises(nb):
+        nb.cells = [c for c in nb.cells if not _tags(c) & {"exercise", "solution"}]
+
+    found = _broken(LESSONS[0], no_exercises)
+    assert f"0 exercise cells; every chapter has at least {notebooks.MIN_EXERCISES}" in found

@@ -39,12 +39,23 @@ MAX_CODE_LINE = 100
 
 #: Chapters (file names) that must have a coding exercise: a cell tagged ``exercise`` and ``coding``
 #: whose stub function raises ``NotImplementedError`` and whose check uses ``check_function``.
-#: Every chapter has one; a new chapter is added here with its first coding exercise.
+#: Every lesson has one (the pages of NOT_LESSONS have no exercises); a new chapter is added here
+#: with its first coding exercise.
 CODING_EXERCISE_REQUIRED: list[str] = ["01_gpu_architecture.ipynb", "02_bottlenecks_and_roofline.ipynb",
                                         "03_linear_layer.ipynb", "04_attention.ipynb",
                                         "05_prefill_and_decode.ipynb", "06_kv_cache.ipynb",
                                         "07_mqa_gqa.ipynb", "08_cuda_and_kernel_fusion.ipynb",
                                         "09_fast_decoding.ipynb", "10_beyond_one_gpu.ipynb"]
+
+#: Pages among the chapters that are not lessons, each with the reason. They follow every other
+#: convention (the badge, the setup cell, the Colab metadata, links, the line length) but have no
+#: exercises — they teach nothing to practise — and so no solutions; `check` refuses an exercise or
+#: solution cell on them, so the exemption cannot hide an unfinished lesson. (Learning goals, a
+#: summary and references are a lesson's too: such a page opens with what it is for instead.)
+NOT_LESSONS: dict[str, str] = {
+    "00_setup.ipynb": "the setup check every participant runs first: it checks the machine, and "
+                      "teaches nothing to practise",
+}
 
 #: The first line of every solution cell: Colab shows a form cell as this title, its code folded.
 SOLUTION_TITLE = "#@title Solution (double-click to show)"
@@ -269,7 +280,11 @@ def problems(path: Path, cfg: dict | None = None, nb=None) -> list[str]:
     out += _long_line_problems(nb, name)
     exercises = [c for c in nb.cells if "exercise" in _tags(c)]
     solutions = [c for c in nb.cells if "solution" in _tags(c)]
-    if len(exercises) < MIN_EXERCISES:
+    if name in NOT_LESSONS:
+        if exercises or solutions:
+            out.append(f"{name}: {len(exercises)} exercise and {len(solutions)} solution cells, but it "
+                       f"is not a lesson and has none (NOT_LESSONS: {NOT_LESSONS[name]})")
+    elif len(exercises) < MIN_EXERCISES:
         out.append(f"{name}: {len(exercises)} exercise cells; every chapter has at least {MIN_EXERCISES}")
     if len(solutions) != len(exercises):
         out.append(f"{name}: {len(exercises)} exercise cells but {len(solutions)} solution cells")
@@ -362,7 +377,9 @@ def _coding_problems(nb, name: str) -> list[str]:
     for c in nb.cells:
         if "coding" in _tags(c) and "exercise" not in _tags(c) and "solution" not in _tags(c):
             out.append(f"{name}: cell {c.source[:40]!r} is tagged coding but is no exercise or solution")
-    if name in CODING_EXERCISE_REQUIRED and not coding:
+    if name in CODING_EXERCISE_REQUIRED and name in NOT_LESSONS:
+        out.append(f"{name}: in both CODING_EXERCISE_REQUIRED and NOT_LESSONS")
+    elif name in CODING_EXERCISE_REQUIRED and not coding:
         out.append(f"{name}: no coding exercise (a cell tagged exercise and coding); "
                    "this chapter is in CODING_EXERCISE_REQUIRED")
     return out
