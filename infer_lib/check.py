@@ -369,9 +369,9 @@ def probe_matmul(title: str) -> Result:
 def _optional(title: str, dist: str, modules: tuple[str, ...], used_for: str, pip: str) -> Result:
     version = _version(dist)
     if version is None or not all(device.installed(m) for m in modules):
-        return Result(WARN, title, f"not installed: {used_for} are skipped, saying so", f"`{pip}`, then "
-                      "restart the Python kernel (Colab: Runtime → Restart session).")
-    return Result(OK, title, f"{dist} {version}: {used_for} run")
+        return Result(WARN, title, f"not installed: what needs it ({used_for}) is skipped, saying so",
+                      f"`{pip}`, then restart the Python kernel (Colab: Runtime → Restart session).")
+    return Result(OK, title, f"{dist} {version}, for {used_for}")
 
 
 def probe_numba_cuda(title: str) -> Result:
@@ -379,7 +379,7 @@ def probe_numba_cuda(title: str) -> Result:
                        "chapter 8's CUDA kernels written in Python", "pip install numba-cuda")
     if result.status != OK:
         return result
-    where = "compiled for the GPU" if device.HAS_GPU else "in Numba's CUDA simulator (no GPU)"
+    where = "compiled for the GPU" if device.HAS_GPU else "run in Numba's CUDA simulator (no GPU)"
     bound = extra_numpy_bound("cuda-kernels")
     numpy_version = _version("numpy")
     if device.HAS_GPU and bound and numpy_version:
@@ -389,7 +389,7 @@ def probe_numba_cuda(title: str) -> Result:
             return Result(WARN, title, f"{result.detail}, but with NumPy {numpy_version} it cannot compile "
                           f"for a GPU (the package's extra cuda-kernels asks for numpy<{text})",
                           f"`pip install 'numpy<{text}'`, then restart the Python kernel.")
-    return Result(OK, title, f"{result.detail} {where}")
+    return Result(OK, title, f"{result.detail}, {where}")
 
 
 def probe_jax(title: str) -> Result:
@@ -398,7 +398,7 @@ def probe_jax(title: str) -> Result:
     if result.status != OK:
         return result
     if not device.HAS_GPU:
-        return Result(OK, title, f"{result.detail} in Pallas' interpret mode (no GPU)")
+        return Result(OK, title, f"{result.detail}, run in Pallas' interpret mode (no GPU)")
     plugins = [m for m in ("jax_cuda13_plugin", "jax_cuda12_plugin") if device.installed(m)]
     if not plugins:
         return Result(WARN, title, f"{result.detail}, but this JAX is a CPU build: on this GPU the Pallas "

@@ -287,3 +287,15 @@ def test_the_command_exits_1_on_a_failing_line():
     assert out.returncode == 1, out.stdout + out.stderr
     assert "❌ Kernel: vector_add: the check failed: ValueError: INFER_LIB_PROFILE='no-such-profile'" \
         in out.stdout.replace("\n   ", " ")
+
+
+def test_the_setup_page_explains_every_line():
+    """chapters/00_setup.ipynb says in a sentence what each line means, by its title in bold."""
+    import nbformat
+    from pathlib import Path
+
+    nb = nbformat.read(Path(__file__).parents[1] / "chapters" / "00_setup.ipynb", as_version=4)
+    text = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
+    for title in TITLES:
+        assert f"**{title}**" in text, title
+    assert "check.run()" in "\n".join(c.source for c in nb.cells if c.cell_type == "code")
