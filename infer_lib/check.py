@@ -292,7 +292,8 @@ def probe_gpu_memory(title: str) -> Result:
                       f"free T4 has {hardware.SPECS['t4'].memory_GB:.0f} GB), or run without it: "
                       "INFER_LIB_PROFILE=cpu.")
     if free < need.total_bytes:
-        return Result(WARN, title, f"{text}: other programs hold {_gib(total - free)}",
+        return Result(WARN, title, f"{text}: {_gib(total - free)} is in use already (other programs, or "
+                      "earlier cells of this one)",
                       "Close other notebooks or restart their kernels (Colab: Runtime → Restart "
                       "session); `nvidia-smi` lists who holds GPU memory.")
     return Result(OK, title, text)
