@@ -72,8 +72,8 @@ def _rotate(x_ptrs, cos_ptrs, sin_ptrs, offs, HALF: tl.constexpr, mask):
     partner = tl.where(offs < HALF, offs + HALF, offs - HALF)
     x = tl.load(x_ptrs + offs, mask=mask, other=0.0).to(tl.float32)
     xp = tl.load(x_ptrs + partner, mask=mask, other=0.0).to(tl.float32)
-    c = tl.load(cos_ptrs + offs, mask=mask, other=0.0)
-    s = tl.load(sin_ptrs + offs, mask=mask, other=0.0)
+    c = tl.load(cos_ptrs + offs, mask=mask, other=0.0).to(tl.float32)
+    s = tl.load(sin_ptrs + offs, mask=mask, other=0.0).to(tl.float32)
     return x * c + tl.where(offs < HALF, -xp, xp) * s
 
 
@@ -124,9 +124,6 @@ def _check(q, k, v, cos, sin, k_cache, v_cache, positions) -> None:
     check_tensor(op, "positions", positions, dtypes=(torch.int64,), ndim=2)
     check_same(op, q=q, k=k, v=v, k_cache=k_cache, v_cache=v_cache)
     check_same(op, cos=cos, sin=sin)
-    if cos.dtype != torch.float32:
-        raise TypeError(f"rope_cache: cos and sin must be fp32 (the model's RoPE tables), got "
-                        f"{cos.dtype}")
     B, S, H, D = q.shape
     if k.shape != v.shape or k.shape[:2] != (B, S) or k.shape[3] != D:
         raise ValueError(f"rope_cache: k {tuple(k.shape)} and v {tuple(v.shape)} must both be "
