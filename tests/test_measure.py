@@ -190,14 +190,15 @@ VALIDATORS = {
     "tensor_cores": tensor_cores.validate,
     "block_size": lambda doc: measure.validate(doc, block_size.SCHEMA),
     "gqa_speed": lambda doc: measure.validate(doc, gqa_speed.SCHEMA),
+    "fast_decode": lambda doc: measure.validate(doc, fast_decode.SCHEMA),
 }
 #: topics with a validator whose files are not shipped yet (they come with the next GPU run):
 #: once <topic>_h200.json is in infer_lib/data, move the topic into VALIDATORS, which then
 #: demands the file (test_pending_topics_have_no_file_yet says when)
-PENDING: dict = {"fast_decode": lambda doc: measure.validate(doc, fast_decode.SCHEMA)}
+PENDING: dict = {}
 #: topics whose first measurement came after the H100 run: shipped for the later GPUs only
 SINCE_H200 = {"block_size", "decode", "kv_cache", "prefill_decode", "tensor_cores", "fusion",
-              "gqa_quality", "gqa_speed"}
+              "gqa_quality", "gqa_speed", "fast_decode"}
 #: topics measured on several ranks at once: files <topic>_<gpu>x<N>.json (N ranks, one GPU each;
 #: the provenance names the GPU and the world size)
 MULTI_RANK = {"tp": lambda doc: measure.validate(doc, tp_decode.SCHEMA),
