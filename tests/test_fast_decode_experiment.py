@@ -27,7 +27,11 @@ def test_smoke_run_follows_the_layout():
     (q,) = doc["int8"]
     # int8 weights: a quarter of fp32's bytes, a half of 16-bit's (plus scales and norms)
     assert q["bytes"] < decode.step_bytes(config, 1, 8, dtype) / (3 if dtype == torch.float32 else 1.6)
-    assert {p["rung"] for p in doc["profile"]} == {"static_cache", "our_matmul"}
+    assert doc["profile"][0]["rung"] == "static_cache"
+    assert doc["profile"][1]["rung"] in ("fused", "our_matmul")        # the faster of the two
+    b1 = {r["rung"]: r["ms"] for r in doc["ladder"]}
+    assert b1[doc["profile"][1]["rung"]] == min(b1["fused"], b1["our_matmul"])
+    assert doc["peers"][0]["name"] == f"ours ({doc['profile'][1]['rung']} rung)"
     for p in doc["profile"]:
         assert set(p["categories_us"]) == set(fast_decode.CATEGORIES) and p["kernels_per_step"] > 0
     # the plain rung's projections are matmuls (on the CPU: PyTorch's operators, top level)
@@ -43,6 +47,9 @@ def test_smoke_run_follows_the_layout():
     ("_rope_cache_kernel", "elementwise"),
     ("void at::native::vectorized_elementwise_kernel<8, at::native::CUDAFunctor_add>", "elementwise"),
     ("void at::native::_scatter_gather_elementwise_kernel<128, 8>", "elementwise"),
+    ("void at::native::reduce_kernel<512, 1, at::native::ReduceOp<float, at::native::MeanOps<float>>>",
+     "norm"),
+    ("void at::native::reduce_kernel<512, 1, at::native::ReduceOp<int, at::native::MaxOps<int>>>", "other"),
     ("aten::mm", "matmul"), ("aten::linear", "matmul"), ("aten::embedding", "other"),
 ])
 def test_kernel_categories(name, expected):
