@@ -229,6 +229,26 @@ def check_function(fn: Callable, reference: Callable, cases: Sequence[tuple], *,
     return _success(name, explain)
 
 
+
+def wrap_explanation(name: str, text: str) -> str:
+    """``text`` wrapped so that the success line ``✅ <name>: correct. <text>`` keeps within 100
+    characters a line (the chapters' checks print their explanation this way)."""
+    lead = f"✅ {name}: correct. "
+    return textwrap.fill(lead + text, 100, subsequent_indent="  ")[len(lead):]
+
+
+def merge_slips(slips, want) -> list[tuple[float, str]]:
+    """``slips`` (value, hint) without the right answer ``want``, the hints of slips that land on
+    the same value joined (several slips can give one wrong count)."""
+    by_value: dict[float, list[str]] = {}
+    for value, hint in slips:
+        if value != want:
+            by_value.setdefault(value, [])
+            if hint not in by_value[value]:
+                by_value[value].append(hint)
+    return [(v, "; or ".join(h)) for v, h in by_value.items()]
+
+
 def _short(a) -> str:
     if isinstance(a, torch.Tensor):
         return f"tensor{tuple(a.shape)}:{dtype_name(a.dtype)}"

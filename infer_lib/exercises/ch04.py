@@ -20,9 +20,9 @@ import torch
 
 from .. import roofline
 from ..experiments import attention_sweep
-import textwrap
 
 from . import _not_attempted, check_choice, check_function, check_number
+from . import wrap_explanation as _wrap
 
 # Exercise 4.1: naive attention, non-causal
 NAIVE_SHAPE = {"B": 1, "H": 32, "S": 4096, "D": 128}
@@ -48,13 +48,6 @@ FLOOR_BELOW = -1e4
 # intermediate values (GB, ratios), 1% for 4.2's hand computation with rounded exponentials.
 REL = 0.02
 REL_ONLINE = 0.01
-
-
-def _wrap(name: str, text: str) -> str:
-    """``text`` wrapped so that the success line ``✅ <name>: correct. <text>`` stays within 100
-    characters a line."""
-    lead = f"✅ {name}: correct. "
-    return textwrap.fill(lead + text, 100, subsequent_indent="  ")[len(lead):]
 
 
 def _number(answer, expected, *, name, unit="", rel=REL, mistakes=(), explain=""):

@@ -14,13 +14,13 @@ never states the expected value.
 from __future__ import annotations
 
 import math
-import textwrap
 
 import torch
 
 from .. import hardware, measure
 from ..model import ModelConfig
 from . import _not_attempted, check_function, check_number, whole_sequences
+from . import wrap_explanation as _wrap
 
 # Exercise 6.1: the KV cache of a batch
 CACHE = {"preset": "llama-3-8b", "batch": 16, "context": 8192}
@@ -37,12 +37,6 @@ OFFLOAD_DTYPE = torch.bfloat16
 OFFLOAD_MEASURED = ("kv_cache", "h200")
 
 REL = 0.02
-
-
-def _wrap(name: str, text: str) -> str:
-    """``text`` wrapped so that ``✅ <name>: correct. <text>`` stays within 100 characters a line."""
-    lead = f"✅ {name}: correct. "
-    return textwrap.fill(lead + text, 100, subsequent_indent="  ")[len(lead):]
 
 
 def _esize(dtype: torch.dtype) -> int:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
-import textwrap
 
 import torch
 
@@ -26,6 +25,7 @@ from .. import hardware
 from ..model import ModelConfig, max_cached_tokens
 from ..model.gqa import _pool_heads
 from . import _not_attempted, check_function, check_number, check_part, whole_sequences
+from . import wrap_explanation as _wrap
 
 BF16 = torch.bfloat16
 REL = 0.02                 # relative tolerance of every numeric answer
@@ -38,12 +38,6 @@ HEADS = {"preset": "llama-3-8b", "query_head": 13, "kv_head": 5}
 
 # Exercise 7.3: the largest batch of the MHA model and of its MQA version on one GPU
 FIT = {"preset": "llama-2-7b", "gpu": "a100_80gb", "context": 4096}
-
-
-def _wrap(name: str, text: str) -> str:
-    """``text`` wrapped so that ``✅ <name>: correct. <text>`` stays within 100 characters a line."""
-    lead = f"✅ {name}: correct. "
-    return textwrap.fill(lead + text, 100, subsequent_indent="  ")[len(lead):]
 
 
 def _variant(preset: str, n_kv_heads: int) -> ModelConfig:

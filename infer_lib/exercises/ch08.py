@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import math
 import numbers
-import textwrap
 
 import numpy as np
 import torch
@@ -32,6 +31,7 @@ import torch
 from .. import hardware
 from ..experiments import fusion
 from . import _not_attempted, check_function, check_number, check_part
+from . import wrap_explanation as _wrap
 
 REL = 0.02                 # relative tolerance of every answer in MB
 
@@ -48,12 +48,6 @@ FUSION = {"op": "add_rms_norm", "rows": 16384, "cols": 4096, "dtype": "bfloat16"
 # Exercise 8.4: the reader's row_max kernel, one block of threads_per_block threads per row
 # (its shared array's size: a constant of the compiled kernel, so the reader's kernel uses it)
 ROW_MAX = {"threads_per_block": 32}
-
-
-def _wrap(name: str, text: str) -> str:
-    """``text`` wrapped so that ``✅ <name>: correct. <text>`` keeps within 100 characters."""
-    lead = f"✅ {name}: correct. "
-    return textwrap.fill(lead + text, 100, subsequent_indent="  ")[len(lead):]
 
 
 def _whole(answer, name: str, what: str, fraction: str) -> int:

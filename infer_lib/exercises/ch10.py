@@ -18,7 +18,6 @@ it never states the expected value.
 from __future__ import annotations
 
 import math
-import textwrap
 
 import torch
 
@@ -27,6 +26,7 @@ from ..model import ModelConfig
 from ..parallel import check_shardable, cost, shard_tensor
 from ..roofline import ring_allreduce_bytes
 from . import _not_attempted, check_function, check_number, check_part
+from . import wrap_explanation as _wrap, merge_slips as _merged
 
 BF16 = torch.bfloat16
 BF16_BYTES = 2
@@ -51,24 +51,6 @@ BREAK_EVEN = {"preset": "llama-3-70b", "gpu": "h200", "batch": 64, "context": 40
 #: the splits of exercise 10.3, Megatron's names: a column-parallel layer splits its outputs
 #: (the rows of ``nn.Linear.weight``), a row-parallel layer its inputs (the columns)
 SPLITS = ("column", "row")
-
-
-def _wrap(name: str, text: str) -> str:
-    """``text`` wrapped so that ``✅ <name>: correct. <text>`` keeps within 100 characters."""
-    lead = f"✅ {name}: correct. "
-    return textwrap.fill(lead + text, 100, subsequent_indent="  ")[len(lead):]
-
-
-def _merged(slips, want) -> list[tuple[float, str]]:
-    """``slips`` (value, hint) without the right answer, hints of slips that land on the same
-    value joined (several slips can give one wrong count)."""
-    by_value: dict[float, list[str]] = {}
-    for value, hint in slips:
-        if value != want:
-            by_value.setdefault(value, [])
-            if hint not in by_value[value]:
-                by_value[value].append(hint)
-    return [(v, "; or ".join(h)) for v, h in by_value.items()]
 
 
 def _rank_bytes(config: ModelConfig, world_size: int, tokens: int) -> int:

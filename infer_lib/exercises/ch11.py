@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import functools
 import math
-import textwrap
 
 import torch
 
@@ -26,6 +25,7 @@ from .. import hardware
 from ..model import ModelConfig
 from ..serving import PagedKVCache, batch_that_fits, blocks_for, static_batch_cost, synthetic_trace
 from . import _not_attempted, check_function, check_number, check_part
+from . import wrap_explanation as _wrap, merge_slips as _merged
 
 BF16 = torch.bfloat16
 BF16_BYTES = 2
@@ -48,24 +48,6 @@ RESERVE = {"preset": "llama-3-8b", "gpu": "a100_80gb", "batch": 32, "max_seq_len
 
 # Exercise 11.4: the block table of the labelled case (one sequence), its block size and length
 ADDRESS = {"table_row": (6, 2, 9, 4, 0, 0), "block_size": 4, "length": 14}
-
-
-def _wrap(name: str, text: str) -> str:
-    """``text`` wrapped so that ``✅ <name>: correct. <text>`` keeps within 100 characters."""
-    lead = f"✅ {name}: correct. "
-    return textwrap.fill(lead + text, 100, subsequent_indent="  ")[len(lead):]
-
-
-def _merged(slips, want) -> list[tuple[float, str]]:
-    """``slips`` (value, hint) without the right answer, the hints of slips that land on the same
-    value joined (several slips can give one wrong count)."""
-    by_value: dict[float, list[str]] = {}
-    for value, hint in slips:
-        if value != want:
-            by_value.setdefault(value, [])
-            if hint not in by_value[value]:
-                by_value[value].append(hint)
-    return [(v, "; or ".join(h)) for v, h in by_value.items()]
 
 
 # --- 11.1 --------------------------------------------------------------------------------
