@@ -3,8 +3,8 @@
 Each check computes its expected answer itself — from the model presets (``ModelConfig``:
 ``num_params``, ``kv_cache_bytes_per_token``), the byte count of a decode step
 (``experiments.decode.step_bytes``), the spec table (``hardware.SPECS``) and, for the code the
-reader writes, the dequantisation of ``kernels.int8_matmul_ref`` (``w_q · scales``, one scale
-per output column) — so the reader's cell does not give it away. The only numbers typed here
+reader writes, the product with the dequantised weights that ``kernels.int8_matmul_ref``
+computes (``x @ (w_q · scales)``) — so the reader's cell does not give it away. The only numbers typed here
 are the exercises' given inputs, named as in the exercise text. A check prints ✅ when the
 answer is right, prints "not attempted yet" and returns while the answer is still ``...`` (or
 the function still raises ``NotImplementedError``), and raises ``AssertionError`` with a hint
@@ -23,13 +23,15 @@ from ..model import ModelConfig
 from . import _not_attempted, check_function, check_number, check_part
 
 BF16 = torch.bfloat16
-REL = 0.02                 # relative tolerance of every numeric answer
+REL = 0.02                 # relative tolerance of the numeric answers (9.2's extra bytes: REL_EXTRA)
+REL_EXTRA = 0.01
 
 # Exercise 9.1: the bandwidth roofline of a decode step, tokens/s at batch 1 and in total at batch 16
 ROOFLINE = {"preset": "llama-3-8b", "gpu": "h100_sxm", "context": 4096, "batch": 16}
 
-# Exercise 9.2: the bytes of weights a decode step reads, bf16 and int8 (all projections and
-# the output head in int8 with one fp32 scale per output column; norms stay bf16), in GB
+# Exercise 9.2: the bytes of weights a decode step reads in bf16 (GB), and how many more than half
+# of that it reads in int8 (MB; all projections and the output head in int8 with one fp32 scale
+# per output column; norms stay bf16)
 INT8 = {"preset": "llama-3-8b"}
 
 # Exercise 9.4: the batch at which the cache a step reads equals its weights
@@ -65,8 +67,9 @@ def roofline(tokens_per_s_b1, tokens_per_s_batch) -> None:
             (_tokens_per_s(config, batch, ctx, bw, step_bytes(config, batch, ctx, BF16)
                            + config.vocab_size * config.dim * 2),
              "that also counts the embedding table: a step looks up B of its rows, not all of it"),
-            (1 / ((weights + kv * batch) / (bw * 1e9)), "that is steps per second; each step "
-                                                          "gives one token per sequence"),
+            (_tokens_per_s(config, batch, ctx, bw * 1.024 ** 3), "that reads the bandwidth in GiB/s "
+                                                                 "(1.024³); it is in decimal units, "
+                                                                 "1 GB/s = 1e9 B/s"),
             (_tokens_per_s(config, batch, ctx, bw * 1.024 ** 4), "the bandwidth is in decimal units "
                                                                  "(1 GB/s = 1e9 B/s)"),
         ]
@@ -81,36 +84,45 @@ def roofline(tokens_per_s_b1, tokens_per_s_batch) -> None:
                    (B * _tokens_per_s(config, 1, ctx, bw),
                     "that multiplies the batch-1 rate by the batch: the weights are shared by the "
                     "batch, but every sequence brings its own cache"),
-                   (_tokens_per_s(config, B, ctx, bw) / B, "that is per sequence; the question asks "
-                                                          "for the total")],
+                   (_tokens_per_s(config, B, ctx, bw) / B,
+                    "that is per sequence (the steps per second); the question asks for the total: "
+                    "each step gives one token to every sequence")],
                explain=f"{want / B:.0f} tokens/s per sequence: the weights are read once for all "
                        f"{B} sequences, the caches once each.")
 
 
 # --- 9.2 ---------------------------------------------------------------------------------
 
-def _int8_weight_bytes(config: ModelConfig, *, head: bool = True) -> int:
-    """Bytes of weights a decode step reads with int8 projections (``K·N`` int8 + ``N`` fp32
-    scales each), the head int8 too with ``head``, the norms in bf16."""
-    d, F, L = config.dim, config.ffn_dim, config.n_layers
+def _int8_weight_bytes(config: ModelConfig, *, head: bool = True, scale_bytes: int = 4,
+                       per_input: bool = False, norm_bytes: int = 2) -> int:
+    """Bytes of weights a decode step reads with int8 projections (``K·N`` int8 + one scale of
+    ``scale_bytes`` per output column, or per input row with ``per_input``), the head int8 too
+    with ``head``, the norms' weights at ``norm_bytes`` each."""
+    d, F, L, V = config.dim, config.ffn_dim, config.n_layers, config.vocab_size
     qkv_out = (config.n_heads + 2 * config.n_kv_heads) * config.head_dim
     shapes = [(d, qkv_out), (config.n_heads * config.head_dim, d), (d, 2 * F), (F, d)]
-    projections = L * sum(k * n + 4 * n for k, n in shapes)
-    head_bytes = (d * config.vocab_size + 4 * config.vocab_size) if head else 2 * d * config.vocab_size
-    norms = (2 * L + 1) * d * 2
-    return projections + head_bytes + norms
+    if head:
+        shapes_head = [(d, V)]
+        bf16_rest = 0
+    else:
+        shapes_head = []
+        bf16_rest = 2 * d * V
+    every = L * shapes + shapes_head
+    scaled = sum((k if per_input else n) for k, n in every)
+    total = sum(k * n for k, n in every) + scale_bytes * scaled + bf16_rest
+    return total + (2 * L + 1) * d * norm_bytes
 
 
-def int8_bytes(bf16_GB, int8_GB) -> None:
-    """Exercise 9.2: the bytes of weights one decode step of ``INT8["preset"]`` reads, in GB (1e9
-    bytes): in bf16 (``step_bytes`` at context 0), and with every projection *and the output
-    head* in int8 (one byte a weight, plus one fp32 scale per output column), the norms'
-    weights staying bf16."""
+def int8_bytes(bf16_GB, extra_MB) -> None:
+    """Exercise 9.2: the bytes of weights one decode step of ``INT8["preset"]`` reads in bf16, in
+    GB (``step_bytes`` at context 0); and with every projection *and the output head* in int8 (one
+    byte a weight, plus one fp32 scale per output column), the norms' weights staying bf16: how
+    many MB (1e6 bytes) more than exactly half of the bf16 bytes."""
     __tracebackhide__ = True
     config = ModelConfig.from_preset(INT8["preset"])
     bf16 = step_bytes(config, 1, 0, BF16)
-    int8 = _int8_weight_bytes(config)
-    GB = 1e9
+    half = bf16 / 2
+    GB, MB = 1e9, 1e6
     check_part(check_number, bf16_GB, bf16 / GB, name="Exercise 9.2 (bf16)", unit="GB", rel=REL,
                mistakes=[(2 * bf16 / GB, "that is fp32, 4 bytes a weight; bf16 has 2"),
                          (bf16 / 2 / GB, "that counts one byte a weight; bf16 has 2"),
@@ -118,59 +130,106 @@ def int8_bytes(bf16_GB, int8_GB) -> None:
                           "that also counts the embedding table: a step looks up B of its rows, not "
                           "all of it")],
                explain="Every weight once a step: the floor of a step's bytes, whatever the batch.")
-    check_part(check_number, int8_GB, int8 / GB, name="Exercise 9.2 (int8)", unit="GB", rel=REL,
-               mistakes=[(bf16 / 2 / GB, "close: add the fp32 scales (4 bytes per output column) and "
-                                         "keep the norms in bf16 — or is that exactly half?"),
-                         (_int8_weight_bytes(config, head=False) / GB,
-                          "that keeps the output head in bf16; here it is int8 too"),
-                         (bf16 / 4 / GB, "int8 is one byte a weight: a half of bf16, not a quarter")],
-               explain=f"{bf16 / int8:.2f}× fewer bytes than bf16: at batch 1, where the weights "
-                       "are nearly all a step reads, the most int8 can speed a step up.")
+    if isinstance(extra_MB, (int, float)) and not isinstance(extra_MB, bool) and extra_MB < 0:
+        raise AssertionError("Exercise 9.2 (int8): int8 cannot read less than half of bf16 — one byte "
+                             "a weight is exactly half of two, and the scales and norms only add")
+    want = (_int8_weight_bytes(config) - half) / MB
+
+    def extra(**kw):
+        return (_int8_weight_bytes(config, **kw) - half) / MB
+
+    check_part(check_number, extra_MB, want, name="Exercise 9.2 (int8)", unit="MB", rel=REL_EXTRA,
+               mistakes=[(extra(scale_bytes=0), "that leaves the scales out: one fp32 scale per output "
+                                                "column is read too"),
+                         (extra(per_input=True), "that gives a scale to each input row; the scales "
+                                                 "are per output column (per N)"),
+                         (extra(scale_bytes=2), "the scales are fp32, 4 bytes each"),
+                         (extra(norm_bytes=1), "that puts the norms in int8 too; they stay bf16, "
+                                               "2 bytes a weight"),
+                         (extra(scale_bytes=0, norm_bytes=1), "that is exactly half of bf16: add "
+                                                              "what int8 does not halve"),
+                         (extra(head=False),
+                          "that is about the output head's size too much: either it keeps the head "
+                          "in bf16 (here it is int8 too), or it counts the embedding table as well (a "
+                          "step looks up B of its rows, not all of it)")],
+               explain=f"int8 reads {half / MB + want:,.0f} MB in all, {bf16 / (half + want * MB):.3f}× "
+                       "fewer bytes than bf16: the scales and the bf16 norms barely matter, so at "
+                       "batch 1 int8 can speed a step up by about 2× at most.")
 
 
 # --- 9.3 ---------------------------------------------------------------------------------
 
-def _dequantize_reference(w_q: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-    """The dequantised tile, as ``int8_matmul``'s kernel computes it in registers: ``w_q (K, N)``
-    int8 times its column's scale ``scales (N,)``, in fp32."""
-    return w_q.to(torch.float32) * scales.to(torch.float32)[None, :]
-
-
-def _tiles():
+def _cases():
+    """(acc, scales) for the epilogue, with the output it must give: ``x @ (w_q · scales)``,
+    the product with the dequantised weights (``kernels.int8_matmul_ref``), in float64."""
     g = torch.Generator().manual_seed(9)
     cases = []
-    for K, N in ((4, 4), (16, 8), (3, 5)):
+    for M, K, N in ((4, 16, 4), (3, 32, 8), (1, 7, 5)):
+        x = torch.randn(M, K, generator=g, dtype=torch.float64)
         w_q = torch.randint(-127, 128, (K, N), generator=g, dtype=torch.int8)
-        scales = torch.rand(N, generator=g) * 0.02 + 1e-3
-        cases.append((w_q, scales))
+        scales = (torch.rand(N, generator=g, dtype=torch.float64) * 0.02 + 1e-3).float()
+        acc = (x @ w_q.double()).float()                    # the kernel's fp32 accumulator
+        want = x @ (w_q.double() * scales.double())        # (M, N)
+        cases.append((acc, scales, want))
     return cases
 
 
-def dequantize(fn) -> None:
-    """Exercise 9.3: ``fn(w_q, scales)`` turns a ``(K, N)`` int8 tile of weights and the ``(N,)``
-    fp32 scales of its columns into the fp32 weights it stands for (``int8_matmul``'s
-    dequantisation line)."""
+def epilogue(fn) -> None:
+    """Exercise 9.3: ``fn(acc, scales)`` — ``acc`` the ``(M, N)`` fp32 sum of ``x @ w_q`` that
+    the int8 kernel accumulates (the int8 weights converted exactly, no scale yet), ``scales``
+    the ``(N,)`` fp32 scales of the output columns — returns the ``(M, N)`` product with the
+    weights they stand for, ``x @ (w_q · scales)``."""
     __tracebackhide__ = True
+    stub = "write the function (its body still raises NotImplementedError)"
     if fn is ... or fn is None:
-        _not_attempted("Exercise 9.3", "write the function (its body still raises NotImplementedError)")
+        _not_attempted("Exercise 9.3", stub)
         return
-    w_q, scales = _tiles()[0]
-    try:
-        got = fn(w_q, scales)
-    except NotImplementedError:
-        _not_attempted("Exercise 9.3", "write the function (its body still raises NotImplementedError)")
-        return
-    if isinstance(got, torch.Tensor) and got.shape == w_q.shape:
-        rows = w_q.to(torch.float32) * scales[:, None]                 # a square tile hides the shape slip
-        if torch.allclose(got.float(), rows):
-            raise AssertionError("Exercise 9.3: the scales multiply the rows; there is one scale per "
-                                 "output column (per N), so scale along the last dimension")
-        if torch.allclose(got.float(), w_q.to(torch.float32) / scales[None, :]):
-            raise AssertionError("Exercise 9.3: that divides by the scale; quantize_int8 divided, so "
-                                 "dequantising multiplies")
-    check_function(fn, _dequantize_reference, _tiles(), name="Exercise 9.3", atol=1e-6, rtol=1e-6,
-                   explain="One multiply per weight, in registers, after the int8 bytes arrived: "
-                           "the kernel reads half the bytes of bf16 and pays nothing it can see.")
+    for acc, scales, want in _cases():
+        try:
+            got = fn(acc.clone(), scales.clone())
+        except NotImplementedError:
+            _not_attempted("Exercise 9.3", stub)
+            return
+        except RuntimeError as err:
+            if acc.shape[0] != acc.shape[1] and "size of tensor" in str(err):
+                raise AssertionError("Exercise 9.3: the shapes do not broadcast: there is one scale per "
+                                     "output column (per N), so scale along the last dimension") from None
+            raise
+        if got is None:
+            raise AssertionError("Exercise 9.3: the function returned None: does it end with `return`?")
+        if not isinstance(got, torch.Tensor) or got.shape != want.shape:
+            shape = tuple(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__
+            raise AssertionError(f"Exercise 9.3: expected an (M, N) tensor like acc, got {shape}")
+        g = got.double()
+        close = dict(rtol=1e-5, atol=1e-5)
+        if torch.allclose(g, want, **close):
+            continue
+        slips = [(acc.double() * scales.double()[:, None] if acc.shape[0] == acc.shape[1] else None,
+                  "the scales multiply the rows; there is one scale per output column (per N), so "
+                  "scale along the last dimension"),
+                 (acc.double() / scales.double(), "that divides by the scale; quantize_int8 divided, "
+                                                  "so the product multiplies"),
+                 (acc.double(), "that leaves the scales out: acc is the product with the int8 "
+                                "numbers, not yet with the weights they stand for"),
+                 (acc.double() * scales.double().sum(), "each column has its own scale; that uses "
+                                                        "their sum")]
+        for value, hint in slips:
+            if value is not None and torch.allclose(g, value, **close):
+                raise AssertionError(f"Exercise 9.3: {hint}")
+        raise AssertionError("Exercise 9.3: the values differ from x @ (w_q · scales), the product "
+                             "with the dequantised weights")
+    cases = _cases()
+    wants = {id(acc): want for acc, _, want in cases}      # the same tensors check_function passes
+
+    def reference(acc, scales):
+        return wants[id(acc)]
+
+    check_function(fn, reference, [(acc, scales) for acc, scales, _ in cases], name="Exercise 9.3",
+                   atol=1e-5, rtol=1e-5,
+                   explain="One multiply per output element, after the whole sum: a column's scale "
+                           "is common to all its K terms, so the kernel converts the int8 weights "
+                           "exactly and never forms w_q · scales — K times fewer multiplies than "
+                           "scaling every weight.")
 
 
 # --- 9.4 ---------------------------------------------------------------------------------
@@ -186,11 +245,15 @@ def crossover(batch) -> None:
     per_seq = config.kv_cache_bytes_per_token(BF16) * ctx
     want = weights / per_seq
     check_number(batch, want, name="Exercise 9.4", rel=REL, mistakes=[
-        (weights / (per_seq / 2), "that counts keys or values only: the cache holds both (the 2 of "
-                                  "2 · layers · kv_heads · head_dim)"),
+        (2 * want, "that is twice too large: either it counts keys or values only (the cache holds "
+                   "both: the 2 of 2 · layers · kv_heads · head_dim), or it counts the weights at 4 "
+                   "bytes and the cache at 2 (both are bf16)"),
+        (want / 2, "that counts the cache at 4 bytes a number and the weights at 2, or keys and "
+                   "values twice; both are bf16, 2 bytes, and the cache holds one key and one value"),
         (weights / (per_seq * config.n_heads / config.n_kv_heads),
          "that gives every query head its own K/V head; this model shares each K/V head among "
          f"{config.n_heads // config.n_kv_heads} query heads (GQA)"),
-        (config.num_params() * 2 / per_seq / 2, "the weights are in bf16 too: 2 bytes each on both sides"),
+        ((weights + 2 * config.vocab_size * config.dim) / per_seq,
+         "that also counts the embedding table: a step looks up B of its rows, not all of it"),
     ], explain="Past it, the caches outweigh the weights and a step's time grows with the batch; "
                "below it, a bigger batch is nearly free.")
