@@ -55,8 +55,6 @@ def roofline(tokens_per_s_b1, tokens_per_s_batch) -> None:
     config = ModelConfig.from_preset(ROOFLINE["preset"])
     spec = hardware.SPECS[ROOFLINE["gpu"]]
     bw, ctx, B = spec.bandwidth_GBps, ROOFLINE["context"], ROOFLINE["batch"]
-    weights = step_bytes(config, 1, 0, BF16)
-    kv = config.kv_cache_bytes_per_token(BF16) * ctx
 
     def slips(batch):
         return [
