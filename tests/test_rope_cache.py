@@ -86,3 +86,21 @@ def test_bad_input_raises_clearly():
     if not device.HAS_GPU:                                  # value checks: free on CPU tensors
         with pytest.raises(ValueError, match=r"positions\[1, 0\] = 8 is outside the cache's 0..7"):
             call(positions=torch.tensor([[0], [8]]))
+
+
+def test_nan_and_inf_behave_as_in_the_reference():
+    q, k, v, cos, sin, k_cache, v_cache, positions = _inputs(2, 3, 4, 2, 16, 9, torch.float32)
+    q[0, 0, 1, 3], q[1, 2, 0, 12] = float("nan"), float("inf")
+    k[0, 1, 1, 0], v[1, 0, 0, 5] = float("-inf"), float("nan")
+    k_ref, v_ref = k_cache.clone(), v_cache.clone()
+    q_out = rope_cache(q, k, v, cos, sin, k_cache, v_cache, positions)
+    q_ref = rope_cache_ref(q, k, v, cos, sin, k_ref, v_ref, positions)
+    for got, want in ((q_out, q_ref), (k_cache, k_ref), (v_cache, v_ref)):
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6, equal_nan=True)
+    assert q_out.isnan().any() and k_cache.isinf().any() and v_cache.isnan().any()
+
+
+def test_inputs_requiring_grad_are_refused():
+    q, k, v, cos, sin, k_cache, v_cache, positions = _inputs(1, 1, 4, 2, 16, 8, torch.float32)
+    with pytest.raises(RuntimeError, match="requires grad"):
+        rope_cache(q.detach().requires_grad_(), k, v, cos, sin, k_cache, v_cache, positions)

@@ -168,7 +168,6 @@ def profile_step(model, batch: int, context: int, dtype, *, graph: bool, smoke: 
     if device.HAS_GPU:
         torch.cuda.synchronize()
     activities = [ProfilerActivity.CUDA] if device.HAS_GPU else [ProfilerActivity.CPU]
-    spans = []
     with profile(activities=activities) as prof:
         for _ in range(steps):
             cache.seqlens.copy_(lengths)
