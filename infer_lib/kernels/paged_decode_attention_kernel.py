@@ -134,11 +134,15 @@ def _paged_decode_attention_kernel(
         l_i = tl.zeros([BLOCK_G], tl.float32)
         acc = tl.zeros([BLOCK_G, HEAD_DIM], tl.float32)
         n_bad = tl.zeros([BLOCK_N], tl.int32)      # keys whose block id is outside the pool
+        # The indirection: each key's block id (int32, from L1/L2), then its row in the block.
+        # The ids of the next tile are loaded one step ahead, so the loads of a tile's keys never
+        # wait on a table load issued in the same step.
+        pos = start + offs_n
+        blk_next = tl.load(table_row + (pos // PAGE) * stride_tj, mask=pos < end, other=0)
         for start_n in range(start, end, BLOCK_N):
             pos = start_n + offs_n                 # (BLOCK_N,) token positions in the sequence
             inside = pos < end
-            # the indirection: each key's block id (int32, from L1/L2), then its row in the block
-            blk = tl.load(table_row + (pos // PAGE) * stride_tj, mask=inside, other=0)
+            blk = blk_next
             ok = (blk >= 0) & (blk < NUM_BLOCKS)
             n_bad += (inside & ~ok).to(tl.int32)
             blk = tl.where(ok, blk, 0).to(tl.int64)        # a bad id is never dereferenced
@@ -148,6 +152,8 @@ def _paged_decode_attention_kernel(
                         mask=live, other=0.0)                           # (BLOCK_N, D)
             v = tl.load(v_head + (blk * stride_vblk + row * stride_vn)[:, None] + offs_d[None, :] * stride_vd,
                         mask=live, other=0.0)
+            pos_next = pos + BLOCK_N
+            blk_next = tl.load(table_row + (pos_next // PAGE) * stride_tj, mask=pos_next < end, other=0)
             if UPCAST:
                 k = k.to(tl.float32)
                 v = v.to(tl.float32)
