@@ -631,17 +631,26 @@ def swiglu_config() -> triton.Config:
 # ----------------------------------------------------------------------------
 # paged_decode_attention (appendix: serving)
 # ----------------------------------------------------------------------------
-# Not yet measured on a GPU: the kernel is decode_attention's with the keys read through a
-# block table, so its candidates start as decode_attention's measured Hopper list (untimed
-# here) plus 16-key tiles, which keep a tile inside one block of 16 tokens. The tuner picks
-# among them per bucketed shape and block size; the GPU run that times them will say which
-# to keep (tools/TUNING_NOTES.md).
+# The kernel is decode_attention's with the keys read through a block table. Timed on an H200
+# (bf16, D = 64, blocks of 16 and 64 tokens in random order, B·S from 256·640 to 4·32768, the
+# whole step from CUDA-graph replays, 2026-12-02; tools/TUNING_NOTES.md): these seven tilings
+# held every shape's best within 2%, and the best split count was larger than decode_attention's
+# two programs per SM where B · H_kv is small (4 × 8 heads at 32k keys: 18–36 splits, 4–9 programs
+# per SM, 0.97× the contiguous kernel, against 0.79× at 9) — the indirection adds a dependent load
+# to each step, and more programs in flight hide it. So the split count is tuned with the tile:
+# ``PROGRAMS_PER_SM`` (not a kernel argument) sets the programs split_layout aims for.
+
+def _pda(block_n: int, stages: int, warps: int, per_sm: int = 2) -> triton.Config:
+    return triton.Config({"BLOCK_N": block_n, "PROGRAMS_PER_SM": per_sm}, num_warps=warps, num_stages=stages)
+
 
 PAGED_DECODE_ATTENTION = KernelConfigs(
     name="paged_decode_attention",
     lists={
-        "hopper": DECODE_ATTENTION.lists["hopper"] + [_da(16, 3, 2), _da(16, 4, 2)],
-        "default": DECODE_ATTENTION.lists["default"] + [_da(16, 3, 4)],
+        "hopper": [_pda(bn, st, w, per_sm) for bn, st, w in ((16, 3, 2), (64, 3, 4), (32, 3, 2), (64, 3, 2),
+                                                             (32, 3, 4), (32, 4, 2), (64, 4, 4))
+                   for per_sm in (2, 4, 8)],
+        "default": [_pda(bn, s, 4, per_sm) for bn in (16, 32, 64) for s in (2, 3) for per_sm in (2, 4)],
     },
     smem_bytes=_da_smem,           # the same K and V tiles in flight; the table is read through L1
     fallbacks=DECODE_ATTENTION.fallbacks,

@@ -306,7 +306,9 @@ def _launch(q, k_blocks, v_blocks, block_table, cache_seqlens, out, sm_scale: fl
     S_max = block_table.shape[1] * page
     group = H // H_kv
     block_n = cfg.kwargs["BLOCK_N"]
-    splits, chunk = split_layout(B, H_kv, S_max, block_n, num_splits)
+    # PROGRAMS_PER_SM: tuned with the tile (_tuning.PAGED_DECODE_ATTENTION); 2 as decode_attention
+    programs = cfg.kwargs.get("PROGRAMS_PER_SM", 2) * _tuning.sm_count()
+    splits, chunk = split_layout(B, H_kv, S_max, block_n, num_splits, programs=programs)
     o_part = torch.empty((B * H * splits, D), device=q.device, dtype=torch.float32)
     m_part = torch.empty((B * H * splits,), device=q.device, dtype=torch.float32)
     l_part = torch.empty_like(m_part)
