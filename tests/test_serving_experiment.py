@@ -40,7 +40,8 @@ def test_smoke_run_follows_the_layout(smoke_doc):
     mem = doc["offline"]["memory"]
     assert mem["peak_blocks"] == doc["offline"]["peak_blocks"]
     assert mem["written_MB"] <= mem["paged_MB"]
-    per_token = ModelConfig.from_preset("tiny").kv_cache_bytes_per_token(torch.float32)
+    dtype = getattr(torch, doc["params"]["dtype"])     # fp32 on a CPU, the GPU's 16-bit type there
+    per_token = ModelConfig.from_preset("tiny").kv_cache_bytes_per_token(dtype)
     server = doc["params"]["server"]
     assert mem["contiguous_MB"] == pytest.approx(s["max_batch"] * server["max_seq_len"] * per_token / 1e6)
     assert mem["paged_MB"] == pytest.approx(mem["peak_blocks"] * server["block_size"] * per_token / 1e6)
@@ -113,6 +114,12 @@ def test_the_peer_model_holds_our_weights():
     ours = random_model("tiny").to(device.DEVICE)
     hf, impl = exp.hf_model(ours, torch.float32)
     assert impl in exp.PEER_ATTENTION
+    theirs = dict(hf.named_parameters())
+    assert len(theirs) == len(dict(ours.named_parameters()))
+    # a plain forward through the same weights: "paged|sdpa" attends only inside generate_batch's
+    # paged cache (on a GPU transformers refuses a plain forward with it), so plain SDPA here
+    hf, impl = exp.hf_model(ours, torch.float32, attention=("sdpa",))
+    assert impl == "sdpa"
     tokens = torch.randint(0, 256, (2, 9), device=device.DEVICE)
     with torch.no_grad():
         torch.testing.assert_close(hf(tokens).logits, ours(tokens), atol=1e-5, rtol=1e-5)

@@ -204,10 +204,10 @@ def _summary(report) -> dict:
 PEER_ATTENTION = ("paged|sdpa", "sdpa")
 
 
-def hf_model(model, dtype: torch.dtype):
+def hf_model(model, dtype: torch.dtype, attention: tuple[str, ...] = PEER_ATTENTION):
     """A ``transformers.LlamaForCausalLM`` holding a copy of ``model``'s weights (names mapped by
     ``checkpoint.hf_name``), in ``dtype`` on the model's device, with the first attention
-    implementation of ``PEER_ATTENTION`` this version accepts. Returns ``(hf, implementation)``."""
+    implementation of ``attention`` this version accepts. Returns ``(hf, implementation)``."""
     import transformers
 
     from ..model.checkpoint import config_to_hf, hf_name
@@ -216,7 +216,7 @@ def hf_model(model, dtype: torch.dtype):
               if k not in ("architectures", "model_type", "torch_dtype")}
     errors = []
     weight = model.embed_tokens.weight
-    for impl in PEER_ATTENTION:
+    for impl in attention:
         try:
             with torch.device(weight.device), warnings.catch_warnings():
                 warnings.simplefilter("ignore", FutureWarning)      # "paged|" is deprecated from 5.2x on
