@@ -17,7 +17,7 @@ from infer_lib import device, measure
 from infer_lib.bench import core as bench_core
 from infer_lib.experiments import (allreduce, attention_sweep, block_size, bottlenecks, ceilings,
                                    decode, fast_decode, fusion, gqa_quality, gqa_speed, kv_cache,
-                                   prefill_decode, tensor_cores, tp_decode)
+                                   prefill_decode, serving, tensor_cores, tp_decode)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -191,6 +191,7 @@ VALIDATORS = {
     "block_size": lambda doc: measure.validate(doc, block_size.SCHEMA),
     "gqa_speed": lambda doc: measure.validate(doc, gqa_speed.SCHEMA),
     "fast_decode": lambda doc: measure.validate(doc, fast_decode.SCHEMA),
+    "serving": lambda doc: measure.validate(doc, serving.SCHEMA),
 }
 #: topics with a validator whose files are not shipped yet (they come with the next GPU run):
 #: once <topic>_h200.json is in infer_lib/data, move the topic into VALIDATORS, which then
@@ -198,7 +199,7 @@ VALIDATORS = {
 PENDING: dict = {}
 #: topics whose first measurement came after the H100 run: shipped for the later GPUs only
 SINCE_H200 = {"block_size", "decode", "kv_cache", "prefill_decode", "tensor_cores", "fusion",
-              "gqa_quality", "gqa_speed", "fast_decode"}
+              "gqa_quality", "gqa_speed", "fast_decode", "serving"}
 #: topics measured on several ranks at once: files <topic>_<gpu>x<N>.json (N ranks, one GPU each;
 #: the provenance names the GPU and the world size)
 MULTI_RANK = {"tp": lambda doc: measure.validate(doc, tp_decode.SCHEMA),

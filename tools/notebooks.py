@@ -45,7 +45,8 @@ CODING_EXERCISE_REQUIRED: list[str] = ["01_gpu_architecture.ipynb", "02_bottlene
                                         "03_linear_layer.ipynb", "04_attention.ipynb",
                                         "05_prefill_and_decode.ipynb", "06_kv_cache.ipynb",
                                         "07_mqa_gqa.ipynb", "08_cuda_and_kernel_fusion.ipynb",
-                                        "09_fast_decoding.ipynb", "10_beyond_one_gpu.ipynb"]
+                                        "09_fast_decoding.ipynb", "10_beyond_one_gpu.ipynb",
+                                        "11_serving.ipynb"]
 
 #: Pages among the chapters that are not lessons, each with the reason. They follow every other
 #: convention (the badge, the setup cell, the Colab metadata, links, the line length) but have no
