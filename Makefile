@@ -37,7 +37,7 @@ $(STAMP): requirements.txt pyproject.toml
 test: $(STAMP)
 	$(BIN)/python tools/notebooks.py check
 	$(BIN)/python -m pytest -n $(JOBS) --dist loadfile --nbval-lax --nbval-current-env \
-		--nbval-cell-timeout=900 tests chapters
+		--nbval-cell-timeout=900 tests chapters instructor
 
 book: $(STAMP) $(MATHJAX_STAMP)
 	$(BIN)/jupyter-book build . --warningiserror --nitpick --keep-going
