@@ -216,3 +216,198 @@ def test_mathjax_cdn_urls() -> None:
     assert check_site.is_mathjax_cdn("https://cdn.jsdelivr.net/npm/mathjax@3/es5/tex-mml-chtml.js")
     assert check_site.is_mathjax_cdn("//cdnjs.cloudflare.com/ajax/libs/mathjax/2.7.7/MathJax.js?config=x")
     assert not check_site.is_mathjax_cdn("https://docs.mathjax.org/en/latest/")  # a link, not code
+
+
+# --------------------------------------------------------------------------- Colab links, search, layout
+
+CONFIG = """\
+title: t
+repository:
+  # the one place the address is written
+  url: https://github.com/owner/course   # a comment
+  path_to_book: ""
+  branch: main
+launch_buttons:
+  colab_url: https://colab.research.google.com
+html:
+  use_repository_button: true
+"""
+COLAB = "https://colab.research.google.com/github/owner/course/blob/main/"
+BADGE = '<p><a class="reference external" href="{href}"><img alt="Open in Colab" src="https://colab.research.google.com/assets/colab-badge.svg" /></a></p>'
+LAUNCH = ('<ul class="dropdown-menu"><li><a href="{href}" target="_blank" class="btn btn-sm dropdown-item" '
+          'title="Launch on Colab"><span class="btn__text-container">Colab</span></a></li></ul>')
+REPO_BUTTON = ('<a href="{href}" class="btn btn-sm btn-source-repository-button dropdown-item" '
+               'title="Source repository">Repository</a>')
+
+
+def test_read_repository(tmp_path: Path) -> None:
+    (tmp_path / "_config.yml").write_text(CONFIG)
+    repo = check_site.read_repository(tmp_path / "_config.yml")
+    assert repo == check_site.Repository("https://github.com/owner/course", "main", "",
+                                         "https://colab.research.google.com")
+    assert repo.colab("chapters/01_a.ipynb") == COLAB + "chapters/01_a.ipynb"
+    assert check_site.Repository("https://github.com/o/r", "dev", "book/").colab("x.ipynb") == \
+        "https://colab.research.google.com/github/o/r/blob/dev/book/x.ipynb"
+    (tmp_path / "none.yml").write_text("title: t\nrepository:\n  branch: main\n")
+    assert check_site.read_repository(tmp_path / "none.yml") is None
+    # the project's own configuration is readable, and names the repository the tests check
+    own = check_site.read_repository(ROOT / "_config.yml")
+    assert own is not None and own.url.startswith("https://github.com/") and own.branch
+
+
+@pytest.fixture()
+def launch_site(tmp_path: Path) -> tuple[Path, Path]:
+    source = tmp_path / "src"
+    (source / "chapters").mkdir(parents=True)
+    (source / "_config.yml").write_text(CONFIG)
+    for name in ("01_one", "02_two", "03_three", "04_four"):
+        (source / "chapters" / f"{name}.ipynb").write_text('{"cells": [], "metadata": {}}')
+    site = tmp_path / "html"
+    (site / "chapters").mkdir(parents=True)
+    (site / "index.html").write_text(page(
+        "<p>Start with <a href='" + COLAB + "chapters/01_one.ipynb'>chapter 1 in Colab</a>, "
+        "not <a href='" + COLAB + "chapters/99_gone.ipynb'>a chapter that is gone</a>.</p>"))
+    good = COLAB + "chapters/01_one.ipynb"
+    (site / "chapters" / "01_one.html").write_text(page(
+        REPO_BUTTON.format(href="https://github.com/owner/course") + LAUNCH.format(href=good)
+        + "<h1>1. One</h1>" + BADGE.format(href=good)))
+    (site / "chapters" / "02_two.html").write_text(page(   # badge of another chapter, launch on a fork
+        REPO_BUTTON.format(href="https://github.com/someone/fork")
+        + LAUNCH.format(href="https://colab.research.google.com/github/someone/fork/blob/main/chapters/02_two.ipynb")
+        + "<h1>2. Two</h1>" + BADGE.format(href=COLAB + "chapters/01_one.ipynb")))
+    (site / "chapters" / "03_three.html").write_text(page(  # no launch button, badge on another branch
+        "<h1>3. Three</h1>" + BADGE.format(
+            href="https://colab.research.google.com/github/owner/course/blob/dev/chapters/03_three.ipynb")))
+    (site / "chapters" / "04_four.html").write_text(page(LAUNCH.format(href=COLAB + "chapters/04_four.ipynb")
+                                                        + "<h1>4. Four</h1>"))   # no badge
+    return site, source
+
+
+def test_colab_badges_and_launch_buttons(launch_site) -> None:
+    site, source = launch_site
+    reports, problems = check_site.check_site(site, browser=False, source=source, log=lambda *a: None)
+    assert problems == []
+    assert messages(reports, "chapters/01_one.html")[0] == []
+    assert next(r for r in reports if r.page == "chapters/01_one.html").facts["colab"] == "badge 1, launch 1"
+    fails = messages(reports, "chapters/02_two.html")[0]
+    assert len(fails) == 3, fails
+    assert any("repository button points at 'https://github.com/someone/fork'" in f for f in fails)
+    assert any("the Colab launch button opens" in f and "someone/fork" in f
+               and "chapters/02_two.ipynb'" in f for f in fails)
+    assert any("the Colab badge opens" in f and "01_one.ipynb" in f for f in fails)
+    fails = messages(reports, "chapters/03_three.html")[0]
+    assert any("the Colab badge opens" in f and "/blob/dev/" in f for f in fails), fails
+    assert any("no Colab launch button" in f for f in fails) and len(fails) == 2, fails
+    fails = messages(reports, "chapters/04_four.html")[0]
+    assert fails == [f"launch: no 'Open in Colab' badge linking to {COLAB}chapters/04_four.ipynb"]
+    fails = messages(reports, "index.html")[0]    # not a chapter: its Colab links must exist
+    assert len(fails) == 1 and "chapters/99_gone.ipynb, which is not a notebook of the book" in fails[0]
+
+
+def test_a_config_without_repository_is_a_site_problem(launch_site, tmp_path: Path) -> None:
+    site, source = launch_site
+    (tmp_path / "bare.yml").write_text("title: t\n")
+    _, problems = check_site.check_site(site, browser=False, source=source, config=tmp_path / "bare.yml",
+                                        log=lambda *a: None)
+    assert len(problems) == 1 and "names no repository" in problems[0]
+
+
+def test_search_terms_are_distinctive() -> None:
+    titles = {"intro.html": "Making transformer inference fast on GPUs",
+              "chapters/01.html": "1. GPU architecture",
+              "chapters/06.html": "6. The KV cache",
+              "chapters/09.html": "9. A fast decoder, end to end",
+              "chapters/10.html": "10. Beyond one GPU",
+              "x.html": "The end"}
+    assert check_site.search_terms(titles) == {
+        "intro.html": "transformer", "chapters/01.html": "architecture", "chapters/06.html": "cache",
+        "chapters/09.html": "decoder", "chapters/10.html": "Beyond", "x.html": None}
+
+
+# A search page with the DOM contract of Sphinx's searchtools.js: it reads ?q=, and after a while
+# lists its results as <ul class="search"><li><a href=...> and writes the summary line last.
+SEARCH_PAGE = """<div id="search-results"></div><script>
+const INDEX = {alpha: ['chapters/a.html?highlight=alpha#top'], beta: ['intro.html'], slow: null};
+const q = new URLSearchParams(location.search).get('q').toLowerCase();
+setTimeout(() => {
+  if (INDEX[q] === null) return;                 // an index that never loads
+  const out = document.getElementById('search-results');
+  const list = out.appendChild(document.createElement('ul')); list.className = 'search';
+  for (const href of INDEX[q] || []) {
+    const a = list.appendChild(document.createElement('li')).appendChild(document.createElement('a'));
+    a.setAttribute('href', href); a.textContent = href;
+  }
+  const p = out.appendChild(document.createElement('p')); p.className = 'search-summary';
+  p.innerText = 'Search finished, found ' + (INDEX[q] || []).length + ' page(s) matching the search query.';
+}, 300);
+</script>"""
+
+
+@pytest.fixture(scope="module")
+def search_site(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("searchsite")
+    (root / "chapters").mkdir()
+    (root / "index.html").write_text(page("", '<meta http-equiv="Refresh" content="0; url=intro.html" />'))
+    (root / "intro.html").write_text(page("<h1>Intro</h1><p>x</p>"))
+    (root / "search.html").write_text(page(SEARCH_PAGE))
+    (root / "chapters" / "a.html").write_text(page('<h1 id="top">1. Alpha<a class="headerlink" href="#top">#</a></h1>'))
+    (root / "chapters" / "b.html").write_text(page("<h1>2. Beta</h1>"))       # search finds intro instead
+    (root / "chapters" / "c.html").write_text(page("<h1>3. Slow</h1>"))       # the search never finishes
+    return root
+
+
+@needs_chromium
+def test_search_finds_each_page_by_a_title_word(search_site: Path) -> None:
+    reports, _ = check_site.check_site(search_site, log=lambda *a: None, timeout=5)
+    assert messages(reports, "chapters/a.html")[0] == []
+    assert next(r for r in reports if r.page == "chapters/a.html").facts["search"] == "'Alpha': 1 results"
+    fails = messages(reports, "chapters/b.html")[0]
+    assert fails == ["search: searching 'Beta' (a word of the title '2. Beta') does not find this page; "
+                     "it finds ['intro.html']"], fails
+    fails = messages(reports, "chapters/c.html")[0]
+    assert fails == ["search: search.html?q=Slow showed no result in time (the search index did not load)"], fails
+    assert "search" not in next(r for r in reports if r.page == "index.html").facts   # a redirect
+
+
+@needs_chromium
+def test_search_page_missing(tmp_path: Path) -> None:
+    (tmp_path / "index.html").write_text(page("<h1>Home</h1>"))
+    _, problems = check_site.check_site(tmp_path, log=lambda *a: None, timeout=10)
+    assert "search: the site has no search.html" in problems
+
+
+WIDE_TABLE = ("<table><tr>" + "".join(f"<td>column{i:02d}</td>" for i in range(30)) + "</tr></table>")
+
+
+@needs_chromium
+def test_layout_wide_content_must_scroll_inside_the_column(tmp_path: Path) -> None:
+    (tmp_path / "_images").mkdir()
+    (tmp_path / "_images" / "wide.png").write_bytes(png(2000, 10))
+    style = "<style>body{margin:0} article{max-width:700px;margin:0 auto}</style>"
+    (tmp_path / "index.html").write_text(page(
+        "<main><article><h1>Bad</h1><p>text</p>" + WIDE_TABLE
+        + '<div style="overflow:hidden">' + WIDE_TABLE.replace("column", "clipped") + "</div></article></main>",
+        style))
+    (tmp_path / "good.html").write_text(page(
+        '<main><article><h1>Good</h1><div style="overflow-x:auto">' + WIDE_TABLE + "</div>"
+        '<img src="_images/wide.png" alt="A wide figure." style="max-width:100%"></article></main>', style))
+    (tmp_path / "image.html").write_text(page(
+        '<main><article><h1>Image</h1><img src="_images/wide.png" alt="A wide figure."></article></main>', style))
+    reports, _ = check_site.check_site(tmp_path, log=lambda *a: None, timeout=20, search=False)
+    fails = messages(reports, "index.html")[0]
+    assert any(f.startswith("layout: at 1280 px a table") and "column00" in f for f in fails), fails
+    assert any(f.startswith("layout: at 390 px (a phone) a table") and "clipped00" in f for f in fails), fails
+    assert all(f.startswith("layout:") for f in fails), fails
+    assert messages(reports, "good.html")[0] == []
+    fails = messages(reports, "image.html")[0]
+    assert len(fails) == 2 and all("a img" in f for f in fails), fails
+
+
+@needs_chromium
+def test_screenshots_at_desktop_and_phone_width(site: Path, tmp_path: Path) -> None:
+    check_site.check_site(site, pages=["chapters/ch.html"], log=lambda *a: None, timeout=20,
+                          screenshots=tmp_path, search=False)
+    desktop, phone = tmp_path / "chapters__ch.png", tmp_path / "chapters__ch.phone.png"
+    width = lambda p: struct.unpack(">I", p.read_bytes()[16:20])[0]   # noqa: E731
+    assert width(desktop) == 1280
+    assert width(phone) == 390 * check_site.PHONE["deviceScaleFactor"]

@@ -3,7 +3,7 @@
 Usage (after ``make book``)::
 
     make check-site                                  # = python tools/check_site.py _build/html
-    python tools/check_site.py _build/html --screenshots /tmp/shots   # also a PNG per page
+    python tools/check_site.py _build/html --screenshots /tmp/shots   # PNGs per page: 1280 px, 390 px
     python tools/check_site.py _build/html --allow-visible-solution-outputs
 
 Every page of the site (the root page, every chapter, the glossary) is opened in
@@ -27,7 +27,18 @@ network. For each page it checks:
   has its input folded in a closed toggle and no visible output;
 - links: every ``href``/``src`` to a file of the site exists, and so does every
   ``#anchor`` (an element with that id) of the site's pages; no local request fails;
-- no CDN: no MathJax script from outside the site named in the HTML or requested.
+- no CDN: no MathJax script from outside the site named in the HTML or requested;
+- Colab: on a chapter page (one with a notebook in the book's sources) the "Open in Colab"
+  badge and the Colab launch button are there and open that chapter's own notebook in the
+  repository, branch and ``path_to_book`` of ``_config.yml``
+  (``https://colab.research.google.com/github/OWNER/REPO/blob/BRANCH/chapters/NN_....ipynb``);
+  any other Colab link opens a notebook that exists; the repository and issue buttons point at
+  that repository;
+- search: ``search.html?q=WORD`` finds the page, for a distinctive word of its title (the one
+  the fewest other titles share), once Sphinx's search index has loaded;
+- layout: at 1280 px and at a phone's 390 px no table, display formula, figure or output sticks
+  out of the text column unless it scrolls sideways inside it (in a box with overflow-x auto or
+  scroll that ends inside the column); ``--screenshots`` saves both widths.
 
 Warnings (reported, never failed): other requests that leave 127.0.0.1 (they fail
 without network), JavaScript errors of the page, and display formulas wider than the
@@ -130,8 +141,26 @@ class _PageParser(html.parser.HTMLParser):
         self.images: list[tuple[str, str | None, bool, bool]] = []
         self.has_article = self.has_main = False
         self._depth = {"article": 0, "main": 0}
+        # The page's title (its first <h1>, without the heading's "#" link) and its links:
+        # (href, class, title attribute, alt text of an <img> inside the link).
+        self.h1: str | None = None
+        self._h1_parts: list[str] | None = None
+        self._headerlink = 0
+        self.links: list[dict[str, str]] = []
+        self._link: dict[str, str] | None = None
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a_ = {k: (v or "") for k, v in attrs}
+        if tag == "h1" and self.h1 is None and self._h1_parts is None:
+            self._h1_parts = []
+        if tag == "a":
+            if self._h1_parts is not None and "headerlink" in a_.get("class", "").split():
+                self._headerlink += 1
+            self._link = {"href": a_.get("href", ""), "class": a_.get("class", ""),
+                          "title": a_.get("title", ""), "img_alt": "", "img_src": ""}
+            self.links.append(self._link)
+        if tag == "img" and self._link is not None:
+            self._link["img_alt"], self._link["img_src"] = a_.get("alt", ""), a_.get("src", "")
         if tag in self._depth:
             self._depth[tag] += 1
             self.has_article |= tag == "article"
@@ -159,6 +188,17 @@ class _PageParser(html.parser.HTMLParser):
     def handle_endtag(self, tag: str) -> None:
         if tag in self._depth and self._depth[tag] > 0:
             self._depth[tag] -= 1
+        if tag == "a":
+            self._link = None
+            if self._headerlink:
+                self._headerlink -= 1
+        if tag == "h1" and self._h1_parts is not None:
+            self.h1 = " ".join("".join(self._h1_parts).split())
+            self._h1_parts = None
+
+    def handle_data(self, data: str) -> None:
+        if self._h1_parts is not None and not self._headerlink:
+            self._h1_parts.append(data)
 
     def content_images(self) -> list[tuple[str, str | None]]:
         """(src, alt) of the images of the page's content: its <article>s, else its <main>,
@@ -270,6 +310,108 @@ def check_static(site: Path, page: str, report: PageReport) -> None:
     text = (site / page).read_text(encoding="utf-8", errors="replace")
     for url in sorted(u for u in set(CDN_MATHJAX.findall(text)) if is_mathjax_cdn(u)):
         report.fail(f"CDN: the HTML names {url!r} (MathJax must come from _static/mathjax/)")
+
+
+# --------------------------------------------------------------------------- the repository's links
+
+@dataclass(frozen=True)
+class Repository:
+    """What _config.yml says about the repository: launch buttons and badges derive from it."""
+    url: str                 # https://github.com/OWNER/REPO
+    branch: str
+    path_to_book: str = ""
+    colab_url: str = "https://colab.research.google.com"
+
+    @property
+    def slug(self) -> str:
+        return self.url.removeprefix("https://github.com/").removesuffix(".git").strip("/")
+
+    def colab(self, notebook: str) -> str:
+        """The Colab address of a notebook of the book (path relative to the book's root)."""
+        path = "/".join(p for p in (self.path_to_book.strip("/"), notebook) if p)
+        return f"{self.colab_url.rstrip('/')}/github/{self.slug}/blob/{self.branch}/{path}"
+
+
+def _yaml_scalar(text: str) -> str:
+    text = re.sub(r"\s+#.*$", "", text).strip()
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+        text = text[1:-1]
+    return text
+
+
+def read_repository(config: Path) -> Repository | None:
+    """``repository:`` (url, branch, path_to_book) and ``launch_buttons: colab_url`` of a Jupyter
+    Book ``_config.yml``, read with the standard library (two flat mappings); None without a url."""
+    if not config.is_file():
+        return None
+    sections: dict[str, dict[str, str]] = {}
+    current = None
+    for line in config.read_text(encoding="utf-8").splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        top = re.match(r"^([A-Za-z_][\w-]*):\s*(.*)$", line)
+        if top:
+            current = top.group(1) if not _yaml_scalar(top.group(2)) else None
+            continue
+        inner = re.match(r"^\s+([A-Za-z_][\w-]*):\s*(.*)$", line)
+        if current and inner:
+            sections.setdefault(current, {})[inner.group(1)] = _yaml_scalar(inner.group(2))
+    repo = sections.get("repository", {})
+    if not repo.get("url"):
+        return None
+    colab = sections.get("launch_buttons", {}).get("colab_url") or Repository.colab_url
+    return Repository(url=repo["url"].rstrip("/"), branch=repo.get("branch") or "main",
+                      path_to_book=repo.get("path_to_book", ""), colab_url=colab)
+
+
+def check_repository_links(site: Path, page: str, report: PageReport, repo: Repository | None,
+                           source: Path) -> None:
+    """Colab badges and launch buttons open this page's own notebook in the repository of
+    _config.yml; every other Colab link opens a notebook that exists; the repository and issue
+    buttons point at that repository."""
+    if repo is None:
+        return
+    parsed = parse_page(site / page)
+    notebook = page.removesuffix(".html") + ".ipynb"
+    is_chapter = (source / notebook).is_file()
+    colab_prefix = repo.colab_url.rstrip("/") + "/"
+    badges = launch = 0
+    for link in parsed.links:
+        href = link["href"]
+        classes = link["class"].split()
+        if "btn-source-repository-button" in classes and href.rstrip("/") != repo.url:
+            report.fail(f"launch: the repository button points at {href!r}, not {repo.url!r} (_config.yml)")
+        if "btn-source-issues-button" in classes and not href.startswith(repo.url + "/issues"):
+            report.fail(f"launch: the issues button points at {short(href, 90)!r}, not {repo.url}/issues")
+        if not href.startswith(colab_prefix):
+            continue
+        is_badge = "colab-badge" in link["img_src"] or "open in colab" in link["img_alt"].lower()
+        is_launch = "launch" in link["title"].lower() or "dropdown-item" in classes
+        badges += is_badge
+        launch += is_launch
+        what = "the Colab badge" if is_badge else "the Colab launch button" if is_launch else "a Colab link"
+        if is_chapter and (is_badge or is_launch):
+            if href != repo.colab(notebook):
+                report.fail(f"launch: {what} opens {href!r}; this page's notebook is {repo.colab(notebook)!r}")
+            continue
+        m = re.match(re.escape(colab_prefix) + r"github/([^/]+/[^/]+)/blob/([^/]+)/(.+?)(?:[?#].*)?$", href)
+        if not m:
+            report.fail(f"launch: {what} {href!r} does not open a notebook of a GitHub repository")
+        elif m.group(1) != repo.slug or m.group(2) != repo.branch:
+            report.fail(f"launch: {what} opens {m.group(1)}@{m.group(2)}, not {repo.slug}@{repo.branch} "
+                        f"(_config.yml): {href!r}")
+        else:
+            path = m.group(3)
+            if repo.path_to_book.strip("/"):
+                path = path.removeprefix(repo.path_to_book.strip("/") + "/")
+            if not (source / path).is_file():
+                report.fail(f"launch: {what} opens {path}, which is not a notebook of the book: {href!r}")
+    if is_chapter:
+        report.facts["colab"] = f"badge {badges}, launch {launch}"
+        if not badges:
+            report.fail(f"launch: no 'Open in Colab' badge linking to {repo.colab(notebook)}")
+        if not launch:
+            report.fail("launch: no Colab launch button (the rocket menu; _config.yml launch_buttons)")
 
 
 def check_mathjax_files(site: Path) -> list[str]:
@@ -495,6 +637,128 @@ PAGE_CHECK_JS = r"""
 """
 
 
+# Layout at the window's width. The text column is the page's <article> (else <main>, else the
+# body), cut at the window's right edge. A table, display formula, figure or output wider than
+# the column must sit in a box that scrolls sideways itself (overflow-x auto or scroll) and
+# ends inside the column: otherwise it either widens the whole page (which then scrolls
+# sideways, dragging the text along) or is cut off by a clipping ancestor, unreadable.
+LAYOUT_JS = r"""
+(() => {
+  const width = window.innerWidth;
+  const page = Math.max(document.documentElement.scrollWidth, document.body.scrollWidth);
+  const root = document.querySelector('article') || document.querySelector('main') || document.body;
+  const column = Math.min(width, root.getBoundingClientRect().right);
+  const scroller = (el) => {
+    for (let p = el.parentElement; p && p !== root.parentElement; p = p.parentElement) {
+      const o = getComputedStyle(p).overflowX;
+      if (o === 'auto' || o === 'scroll') return p.getBoundingClientRect().right <= column + 1;
+    }
+    return false;
+  };
+  const out = [];
+  const sel = 'table, mjx-container[display="true"], mjx-container[display="true"] > mjx-math, img, figure, '
+            + 'svg, .cell_output, .output, p, li, dl, blockquote';
+  for (const el of root.querySelectorAll(sel)) {
+    const r = el.getBoundingClientRect();
+    if (r.width === 0 || r.height === 0 || r.right <= column + 1 || scroller(el)) continue;
+    if (out.some((o) => o.el.contains(el) || el.contains(o.el))) continue;
+    if (el.closest('svg') && el.tagName.toLowerCase() !== 'svg') continue;
+    const cls = typeof el.className === 'string' ? el.className.trim().split(/\s+/).filter(Boolean) : [];
+    out.push({el, what: [el.tagName.toLowerCase(), ...cls.slice(0, 2)].join('.'), right: Math.round(r.right),
+              text: (el.textContent || el.getAttribute('alt') || '').trim().slice(0, 60)});
+  }
+  return JSON.stringify({width, column: Math.round(column), page,
+                         sticking: out.map(({el, ...o}) => o)});
+})()
+"""
+
+# The search page, opened with ?q=TERM: wait for Sphinx's searchtools to load the index and
+# finish (it writes a summary line last), then list the result links.
+SEARCH_JS = r"""
+(async () => {
+  const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+  const summary = () => document.querySelector('#search-results .search-summary');
+  const deadline = Date.now() + %(timeout_ms)d;
+  while (Date.now() < deadline && !(summary() && summary().innerText.trim())) await sleep(100);
+  return JSON.stringify({
+    index: typeof Search !== 'undefined' && !!Search.hasIndex && Search.hasIndex(),
+    status: summary() ? summary().innerText.trim() : null,
+    links: Array.from(document.querySelectorAll('#search-results ul.search li > a'))
+                .map((a) => a.getAttribute('href')),
+  });
+})()
+"""
+
+PHONE = {"width": 390, "height": 844, "deviceScaleFactor": 2, "mobile": True}
+STOPWORDS = set("""a an and are as at be but by for from if in into is it its near no not of on one or
+such that the their then there these they this to two was will with end""".split())
+
+
+def search_terms(titles: dict[str, str]) -> dict[str, str | None]:
+    """A word to search for per page: the word of its title (``<h1>``) that the fewest other
+    titles share, the longest among those; None for a page without a usable word."""
+    words = {page: [w for w in re.findall(r"[A-Za-z][A-Za-z0-9]+", title)
+                    if len(w) >= 3 and w.lower() not in STOPWORDS]
+             for page, title in titles.items()}
+    counts: dict[str, int] = {}
+    for ws in words.values():
+        for w in {w.lower() for w in ws}:
+            counts[w] = counts.get(w, 0) + 1
+    return {page: (min(ws, key=lambda w: (counts[w.lower()], -len(w))) if ws else None)
+            for page, ws in words.items()}
+
+
+def _open(browser: Browser, url: str, timeout: float) -> tuple[str, str]:
+    target = browser.send("Target.createTarget", {"url": "about:blank"})["targetId"]
+    session = browser.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+    for domain in ("Page", "Runtime"):
+        browser.send(f"{domain}.enable", session=session)
+    browser.send("Page.navigate", {"url": url}, session=session)
+    browser.wait_event("Page.loadEventFired", session, timeout)
+    return target, session
+
+
+def check_search(browser: Browser, base_url: str, page: str, term: str, title: str,
+                 report: PageReport, timeout: float) -> None:
+    """search.html?q=TERM lists ``page`` among its results."""
+    target, session = _open(browser, f"{base_url}search.html?q={urllib.parse.quote(term)}", timeout)
+    try:
+        res = browser.send("Runtime.evaluate", {"expression": SEARCH_JS % {"timeout_ms": int(timeout * 1000)},
+                                                "awaitPromise": True, "returnByValue": True},
+                           session=session, timeout=timeout + 10)
+    finally:
+        try:
+            browser.send("Target.closeTarget", {"targetId": target}, timeout=10)
+        except RuntimeError:
+            pass
+    if "exceptionDetails" in res:
+        report.fail(f"search: the search page's script failed: {res['exceptionDetails'].get('text')}")
+        return
+    judge_search(json.loads(res["result"]["value"]), page, term, title, report)
+
+
+def judge_search(result: dict, page: str, term: str, title: str, report: PageReport) -> None:
+    found = [urllib.parse.unquote(urllib.parse.urlsplit(h or "").path).lstrip("./") for h in result["links"]]
+    report.facts["search"] = f"{term!r}: {len(found)} results"
+    if not result.get("status"):
+        report.fail(f"search: search.html?q={term} showed no result in time"
+                    + ("" if result.get("index") else " (the search index did not load)"))
+    elif page not in found:
+        report.fail(f"search: searching {term!r} (a word of the title {short(title, 60)!r}) does not find "
+                    f"this page; it finds {found[:5] or 'nothing'}")
+
+
+def judge_layout(layout: dict, label: str, report: PageReport) -> None:
+    """Fails a page whose tables, formulas, figures or outputs stick out of the text column
+    without scrolling inside it. (Not the page's own scroll width: the theme's hidden skip link
+    and off-canvas sidebars count there.)"""
+    for s in layout["sticking"][:5]:
+        report.fail(f"layout: at {label} a {s['what']} reaches {s['right']} px, past the text column's "
+                    f"{layout['column']} px, and does not scroll inside it: {short(s['text'], 50)!r}")
+    if len(layout["sticking"]) > 5:
+        report.fail(f"layout: at {label} {len(layout['sticking']) - 5} more elements stick out of the column")
+
+
 def check_in_browser(browser: Browser, base_url: str, page: str, report: PageReport,
                      timeout: float, screenshots: Path | None) -> dict:
     target = browser.send("Target.createTarget", {"url": "about:blank"})["targetId"]
@@ -517,12 +781,22 @@ def check_in_browser(browser: Browser, base_url: str, page: str, report: PageRep
                         f"{res['exceptionDetails'].get('exception', {}).get('description', '')}")
             return {}
         time.sleep(0.3)  # let the last font requests of MathJax settle
-        if screenshots is not None:
-            import base64
-            shot = browser.send("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": False},
-                                session=session)
-            dest = screenshots / (page.replace("/", "__").removesuffix(".html") + ".png")
-            dest.write_bytes(base64.b64decode(shot["data"]))
+        name = page.replace("/", "__").removesuffix(".html")
+        layout = {}
+        for label, metrics, suffix in (("1280 px", None, ".png"), ("390 px (a phone)", PHONE, ".phone.png")):
+            if metrics is not None:
+                browser.send("Emulation.setDeviceMetricsOverride", metrics, session=session)
+                time.sleep(0.5)  # the theme's media queries and MathJax's line widths settle
+            lay = browser.send("Runtime.evaluate", {"expression": LAYOUT_JS, "returnByValue": True},
+                               session=session)
+            if "exceptionDetails" not in lay:
+                layout[label] = json.loads(lay["result"]["value"])
+            if screenshots is not None:
+                import base64
+                shot = browser.send("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": False},
+                                    session=session)
+                (screenshots / (name + suffix)).write_bytes(base64.b64decode(shot["data"]))
+        browser.send("Emulation.clearDeviceMetricsOverride", session=session)
         requests = check_network(browser.session_events(session), base_url, report)
         report.facts["requests"] = requests
         for e in browser.session_events(session):
@@ -530,7 +804,9 @@ def check_in_browser(browser: Browser, base_url: str, page: str, report: PageRep
                 d = e["params"]["exceptionDetails"]
                 desc = d.get("exception", {}).get("description") or d.get("text", "")
                 report.warn(f"JavaScript error: {short(desc, 160)}")
-        return json.loads(res["result"]["value"])
+        result = json.loads(res["result"]["value"])
+        result["layout"] = layout
+        return result
     finally:
         try:
             browser.send("Target.closeTarget", {"targetId": target}, timeout=10)
@@ -602,6 +878,8 @@ def judge(result: dict, page: str, report: PageReport, allow_solution_outputs: b
     for img in images:
         if not img["complete"] or not img["width"]:
             report.fail(f"figure: {img['src']} did not load in the browser (naturalWidth {img['width']})")
+    for label, layout in result.get("layout", {}).items():
+        judge_layout(layout, label, report)
     sols = result.get("solutions", [])
     report.facts["solutions"] = len(sols)
     if expected_solutions is not None and len(sols) != expected_solutions:
@@ -620,9 +898,16 @@ def judge(result: dict, page: str, report: PageReport, allow_solution_outputs: b
             (report.warn if allow_solution_outputs else report.fail)(msg)
 
 
-def expected_solution_count(site: Path, page: str) -> int | None:
+def source_root(site: Path) -> Path:
+    """The book's sources: the folder above ``_build/html`` when it holds a ``_config.yml``
+    (``make book``), else the repository this tool belongs to (a build with ``--path-output``)."""
+    above = site.resolve().parent.parent
+    return above if (above / "_config.yml").is_file() else Path(__file__).resolve().parent.parent
+
+
+def expected_solution_count(site: Path, page: str, source: Path | None = None) -> int | None:
     """Cells tagged solution in the page's source notebook, when there is one."""
-    for root in (site.parent.parent, ):
+    for root in (source or source_root(site), ):
         nb = root / (page.removesuffix(".html") + ".ipynb")
         if nb.is_file():
             cells = json.loads(nb.read_text(encoding="utf-8"))["cells"]
@@ -668,17 +953,25 @@ class SetupError(Exception):
 
 def check_site(site: Path, *, pages: list[str] | None = None, chromium: str | None = None,
                browser: bool = True, allow_visible_solution_outputs: bool = False,
-               screenshots: Path | None = None, timeout: float = 60,
+               screenshots: Path | None = None, timeout: float = 60, source: Path | None = None,
+               config: Path | None = None, search: bool = True,
                log=print) -> tuple[list[PageReport], list[str]]:
     """Checks the pages of `site` (all, or those matching the globs `pages`).
 
-    Returns a report per page and the problems of the site as a whole."""
+    ``source`` is the book's source folder (its notebooks; default ``source_root(site)``) and
+    ``config`` its ``_config.yml`` (default: the one in ``source``). Returns a report per page
+    and the problems of the site as a whole."""
     if not (site / "index.html").is_file():
         raise SetupError(f"{site}/index.html does not exist: run `make book` first")
+    source = source or source_root(site)
+    repo = read_repository(config or source / "_config.yml")
     names = find_pages(site)
     if pages:
         names = [p for p in names if any(fnmatch.fnmatch(p, g) for g in pages)]
     site_problems = check_mathjax_files(site) if browser else []
+    if repo is None:
+        site_problems.append(f"{config or source / '_config.yml'} names no repository (repository: url:), "
+                             "so the Colab badges and launch buttons cannot be checked")
     chrome = server = None
     base_url = ""
     if browser:
@@ -703,6 +996,7 @@ def check_site(site: Path, *, pages: list[str] | None = None, chromium: str | No
             report = PageReport(page)
             reports.append(report)
             check_static(site, page, report)
+            check_repository_links(site, page, report, repo, source)
             redirect = parse_page(site / page).refresh
             if chrome is None or page in GENERATED_PAGES or redirect:
                 for ref in sorted(report.external):  # the browser reports what it requested
@@ -719,7 +1013,25 @@ def check_site(site: Path, *, pages: list[str] | None = None, chromium: str | No
             report.facts["seconds"] = round(time.monotonic() - t0, 1)
             if result:
                 judge(result, page, report, allow_visible_solution_outputs,
-                      expected_solution_count(site, page), base_url)
+                      expected_solution_count(site, page, source), base_url)
+        if chrome is not None and search:
+            opened = [r for r in reports if "browser" not in r.facts and parse_page(site / r.page).h1]
+            if opened and not (site / "search.html").is_file():
+                site_problems.append("search: the site has no search.html")
+            elif opened:
+                titles = {r.page: parse_page(site / r.page).h1 for r in opened}
+                # distinct words among all the site's titles, not only those of the pages asked for
+                all_titles = {p: parse_page(site / p).h1 for p in find_pages(site)
+                              if p not in GENERATED_PAGES and parse_page(site / p).h1}
+                terms = search_terms({**all_titles, **titles})
+                for r in opened:
+                    if terms[r.page] is None:
+                        r.warn(f"search: no word of the title {titles[r.page]!r} to search for")
+                        continue
+                    try:
+                        check_search(chrome, base_url, r.page, terms[r.page], titles[r.page], r, timeout)
+                    except RuntimeError as exc:
+                        r.fail(f"search: {exc}")
     finally:
         if chrome is not None:
             chrome.close()
@@ -757,7 +1069,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--allow-visible-solution-outputs", action="store_true",
                     help="report visible solution outputs as warnings, not failures (temporary)")
     ap.add_argument("--pages", nargs="+", metavar="GLOB", help="only pages matching these globs")
-    ap.add_argument("--screenshots", type=Path, metavar="DIR", help="write a PNG of each page here")
+    ap.add_argument("--screenshots", type=Path, metavar="DIR",
+                    help="write two PNGs of each page here: PAGE.png (1280 px) and PAGE.phone.png (390 px)")
     ap.add_argument("--timeout", type=float, default=60, help="seconds per page (default 60)")
     ap.add_argument("--no-browser", action="store_true", help="only the checks of the HTML files")
     args = ap.parse_args(argv)
