@@ -129,6 +129,9 @@ def test_summary_takes_the_first_question_and_keeps_code_and_math_whole():
     s = "A model has $d = 4096$. What is `x | y`, in bytes? (Hint: count.) Then this?"
     assert catalog.summary(s) == "What is `x | y`, in bytes?"
     assert catalog.summary("Write `f`. It returns e.g. a tensor.") == "Write `f`."
+    # a coding exercise that sets the scene first: its task, not its first sentence
+    assert catalog.summary("Attention multiplies matrices. Write `g`: the time. Then check.") == \
+        "Write `g`: the time."
     long = "How many " + "very " * 30 + "bytes, with `a_long_code_span` and $x$?"
     cut = catalog.summary(long, limit=60)
     assert cut.endswith(" …") and cut.count("`") % 2 == 0 and len(cut) <= 62

@@ -8,7 +8,8 @@ is a markdown statement ``**Exercise N.M** — ...`` followed by the reader's co
 check ``chNN.<check>(...)``. From these the catalogue takes, for each exercise:
 
 * its chapter (file name and title), number and statement — and, as a one-line summary, the
-  statement's first question (its first sentence when it asks none);
+  statement's first question (when it asks none, its first sentence that starts with "Write", the
+  task of a coding exercise, else its first sentence);
 * the check it calls (``"ch03.tile_traffic"``);
 * its **kind**: ``code`` when its cell is tagged ``coding``; otherwise, for each answer the check
   takes, ``choice`` when the answer is one of a fixed set of options (``"memory"`` or
@@ -121,7 +122,8 @@ class Exercise:
 
     @property
     def question(self) -> str:
-        """The statement in one line: its first question, else its first sentence."""
+        """The statement in one line: its first question, else its first "Write ..." sentence, else
+        its first sentence."""
         return summary(self.statement)
 
 
@@ -267,8 +269,9 @@ def exercises(chapters_dir: Path | str) -> list[Exercise]:
 # ----------------------------------------------------------------------------------------------
 
 def summary(statement: str, limit: int = 130) -> str:
-    """The first question of a markdown ``statement`` (its first sentence when it asks none), links
-    reduced to their text and line breaks to spaces, cut to about ``limit`` characters."""
+    """The first question of a markdown ``statement`` (when it asks none, its first sentence that
+    starts with "Write", a coding exercise's task, else its first sentence), links reduced to their
+    text and line breaks to spaces, cut to about ``limit`` characters."""
     text = re.sub(r"!?\[([^\]]*)\]\([^)]*\)", r"\1", statement)   # [text](target) -> text
     text = re.sub(r"<[^>]+>", "", text)                              # <a id=...></a>
     text = " ".join(text.split())
@@ -285,7 +288,9 @@ def summary(statement: str, limit: int = 130) -> str:
             start = i + 1
     if text[start:].strip():
         sentences.append(text[start:].strip())
-    pick = next((s for s in sentences if s.endswith("?")), sentences[0] if sentences else "")
+    first = sentences[0] if sentences else ""
+    task = next((s for s in sentences if s.startswith("Write ")), first)
+    pick = next((s for s in sentences if s.endswith("?")), task)
     if len(pick) <= limit:
         return pick
     cut = pick[:limit].rsplit(" ", 1)[0]
