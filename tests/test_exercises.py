@@ -119,6 +119,32 @@ def test_integer_answers():
     assert ex.check_number(5, 5, name="E", integer=True, rel=0)
 
 
+def test_counts_that_fit_round_down():
+    with pytest.raises(AssertionError, match="one too many"):
+        ex.check_number(131, 130, name="E", integer=True, rel=0, rounding="down")
+    with pytest.raises(AssertionError, match="round down"):
+        ex.check_number(130.08, 130, name="E", integer=True, rel=0, rounding="down")
+
+
+def test_plain_counts_get_no_rounding_or_byte_hints():
+    with pytest.raises(AssertionError, match="counted twice") as err:
+        ex.check_number(246, 123, name="E", integer=True, rel=0, rounding=None)
+    assert "bytes" not in str(err.value)
+    with pytest.raises(AssertionError, match="it is a count"):
+        ex.check_number(39.9, 40, name="E", integer=True, rel=0, rounding=None)
+    with pytest.raises(AssertionError) as err:
+        ex.check_number(122, 123, name="E", integer=True, rel=0, rounding=None)
+    assert "round" not in str(err.value)
+    with pytest.raises(ValueError, match="rounding"):
+        ex.check_number(1, 1, name="E", rounding="sideways")
+
+
+def test_numpy_numbers_are_numbers():
+    np = pytest.importorskip("numpy")
+    assert ex.check_number(np.int64(5), 5, name="E", integer=True, rel=0)
+    assert ex.check_number(np.float64(2.5), 2.5, name="E")
+
+
 def test_type_errors():
     with pytest.raises(TypeError, match="expected a number, got str"):
         ex.check_number("5", 5, name="E")

@@ -129,41 +129,55 @@ def whole_sequences(answer, name: str) -> int:
 
 
 def check_number(answer, expected: float, *, name: str, unit: str = "", rel: float = 0.02,
-                 integer: bool = False, mistakes: Iterable[tuple[float, str]] = (),
-                 explain: str = "") -> bool:
+                 integer: bool = False, rounding: str | None = "up",
+                 mistakes: Iterable[tuple[float, str]] = (), explain: str = "") -> bool:
     """Check a numeric answer against ``expected`` within relative tolerance ``rel``.
 
-    ``integer=True`` asks for a whole number (a count of GPUs, a batch size).
+    ``integer=True`` asks for a whole number, and ``rounding`` says how a count is reached:
+    ``"up"`` for what is needed (GPUs, blocks: part of one is a whole one), ``"down"`` for what
+    fits (sequences in a memory budget), ``None`` for a count with no division in it (slots,
+    padding tokens); the hints for fractional and off-by-one answers follow it.
     ``mistakes`` lists (value, hint) pairs for wrong answers the author expects,
     matched before the generic factor hints. ``explain`` is printed on success.
     """
     __tracebackhide__ = True  # IPython and pytest show the reader's cell, not this frame
     if answer is ... or answer is None:
         return _not_attempted(name)
+    if rounding not in ("up", "down", None):
+        raise ValueError(f"check_number: rounding must be 'up', 'down' or None, got {rounding!r}")
     if isinstance(answer, torch.Tensor):
         answer = answer.item()
-    if isinstance(answer, bool) or not isinstance(answer, (int, float)):
+    if isinstance(answer, bool) or not isinstance(answer, numbers.Real):
         raise TypeError(f"{name}: expected a number, got {type(answer).__name__} {answer!r}")
+    # numpy's and other libraries' numbers (np.int64 from np.sum, ...) as Python's own
+    answer = int(answer) if isinstance(answer, numbers.Integral) else float(answer)
     if not math.isfinite(answer):
         raise AssertionError(f"{name}: the answer is {answer}; expected a finite number")
     u = f" {unit}" if unit else ""
     if integer and float(answer) != int(answer):
-        raise AssertionError(f"{name}: expected a whole number, got {answer}. "
-                             "You cannot buy part of a GPU: round up with math.ceil.")
+        how = {"up": "part of one is still a whole one: round up with math.ceil",
+               "down": "only whole ones fit: round down with math.floor (or //)",
+               None: "it is a count"}[rounding]
+        raise AssertionError(f"{name}: expected a whole number, got {answer}; {how}.")
     if math.isclose(answer, expected, rel_tol=rel, abs_tol=1e-12):
         return _success(name, explain)
     for value, hint in mistakes:
         if math.isclose(answer, value, rel_tol=rel, abs_tol=1e-12):
             raise AssertionError(f"{name}: {answer:g}{u} is not right — {hint}")
-    if integer and math.isclose(answer, math.floor(expected), rel_tol=0) and expected != math.floor(expected):
-        raise AssertionError(f"{name}: {answer:g} rounds down; part of the work would not fit — round up.")
-    if integer and answer == math.ceil(expected) - 1:
-        raise AssertionError(f"{name}: {answer:g} is one short — round up, not down.")
+    if integer and rounding == "up":
+        if math.isclose(answer, math.floor(expected), rel_tol=0) and expected != math.floor(expected):
+            raise AssertionError(f"{name}: {answer:g} rounds down; part of the work would not fit — round up.")
+        if answer == math.ceil(expected) - 1:
+            raise AssertionError(f"{name}: {answer:g} is one short — round up, not down.")
+    if integer and rounding == "down" and answer == math.floor(expected) + 1:
+        raise AssertionError(f"{name}: {answer:g} is one too many — only whole ones fit: round down.")
     if expected != 0 and answer != 0:
         ratio = answer / expected
         for factor, hint in _FACTOR_HINTS:
             if "GiB" in hint and "B" not in unit:     # bytes only: not for counts or ratios
                 continue
+            if factor in (2.0, 0.5) and integer and rounding is None:   # a plain count: no bytes or FLOPs
+                hint = "off by a factor of 2 — is something counted twice, or only half of it?"
             if math.isclose(ratio, factor, rel_tol=max(rel, 0.02)):
                 end = "" if hint.endswith("?") else "."
                 raise AssertionError(f"{name}: {answer:g}{u} is {hint}{end}")

@@ -66,7 +66,8 @@ def static_waste(idle_slots, padding_tokens) -> None:
     longest_out = max(r.max_new_tokens for r in reqs)
     longest_prompt = max(len(r.prompt) for r in reqs)
     name = "Exercise 11.1 (idle slots)"
-    check_part(check_number, idle_slots, idle, name=name, rel=0, integer=True, mistakes=_merged([
+    check_part(check_number, idle_slots, idle, name=name, rel=0, integer=True, rounding=None,
+               mistakes=_merged([
         (cost.slot_steps, "that counts every slot; subtract those that produce a requested token"),
         (cost.useful_tokens, "that counts the slots that produce a requested token; the question "
                              "asks for the others"),
@@ -81,7 +82,7 @@ def static_waste(idle_slots, padding_tokens) -> None:
     name = "Exercise 11.1 (padding)"
     prompts = sum(len(r.prompt) for r in reqs)
     check_part(check_number, padding_tokens, cost.padding_tokens, name=name, rel=0, integer=True,
-               mistakes=_merged([
+               rounding=None, mistakes=_merged([
                    (n * longest_prompt - prompts, "each prompt is padded to the longest of its own "
                                                   "batch, not of the whole trace"),
                    (prompts, "that counts the prompts' own tokens; the question asks for the padding "
@@ -114,10 +115,12 @@ def blocks_held(blocks, empty_positions) -> None:
         (-(-tokens // bs), "that pools the tokens of all the sequences; each sequence has blocks of "
                            "its own, and each rounds up"),
         (tokens, "that counts tokens; the question asks for blocks"),
+        (want * bs, "that counts the positions of the blocks; the question asks for the blocks"),
     ], want), explain=_wrap(name, f"{len(lengths)} sequences, {tokens} tokens."))
     name = "Exercise 11.2 (empty positions)"
     empty = want * bs - tokens
-    check_part(check_number, empty_positions, empty, name=name, rel=0, integer=True, mistakes=_merged([
+    check_part(check_number, empty_positions, empty, name=name, rel=0, integer=True, rounding=None,
+               mistakes=_merged([
         (sum(bs - n % bs for n in lengths), "a sequence whose length is a multiple of the block size "
                                             "fills its last block: it leaves no position empty"),
         (0, "a block holds BLOCK positions whether they are filled or not: the last block of most "
@@ -220,7 +223,7 @@ def reservation(reserved_GB, paged_GB, contiguous_fit, paged_fit) -> None:
     name = "Exercise 11.3 (contiguous fit)"
     per_seq = S_max * per_token
     check_part(check_number, contiguous_fit, fits["contiguous"], name=name, rel=0, integer=True,
-               mistakes=_merged([
+               rounding="down", mistakes=_merged([
                    (int(spec.memory_bytes // per_seq), "the weights take their share of the memory "
                                                        "first: the cache gets what they leave"),
                    (int((spec.memory_GB * GB - x["weights"]) // per_seq),
@@ -238,7 +241,7 @@ def reservation(reserved_GB, paged_GB, contiguous_fit, paged_fit) -> None:
     name = "Exercise 11.3 (paged fit)"
     block_bytes = bs * per_token
     check_part(check_number, paged_fit, fits["paged"], name=name, rel=0, integer=True,
-               mistakes=_merged([
+               rounding="down", mistakes=_merged([
                    (_paged_count(budget, lengths, lambda n: n * per_token),
                     "that counts tokens; each sequence holds whole blocks: round it up to a "
                     "multiple of the block size"),
