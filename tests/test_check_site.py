@@ -280,6 +280,11 @@ def launch_site(tmp_path: Path) -> tuple[Path, Path]:
             href="https://colab.research.google.com/github/owner/course/blob/dev/chapters/03_three.ipynb")))
     (site / "chapters" / "04_four.html").write_text(page(LAUNCH.format(href=COLAB + "chapters/04_four.ipynb")
                                                         + "<h1>4. Four</h1>"))   # no badge
+    (source / "instructor").mkdir()
+    (source / "instructor" / "notes.ipynb").write_text('{"cells": [], "metadata": {}}')
+    (site / "instructor").mkdir()
+    (site / "instructor" / "notes.html").write_text(page(   # a notebook page outside the chapters
+        LAUNCH.format(href=COLAB + "instructor/notes.ipynb") + "<h1>Notes</h1>"))
     return site, source
 
 
@@ -300,6 +305,8 @@ def test_colab_badges_and_launch_buttons(launch_site) -> None:
     assert any("no Colab launch button" in f for f in fails) and len(fails) == 2, fails
     fails = messages(reports, "chapters/04_four.html")[0]
     assert fails == [f"launch: no 'Open in Colab' badge linking to {COLAB}chapters/04_four.ipynb"]
+    # a notebook page outside chapters/ needs its launch button, not the chapters' badge
+    assert messages(reports, "instructor/notes.html")[0] == []
     fails = messages(reports, "index.html")[0]    # not a chapter: its Colab links must exist
     assert len(fails) == 1 and "chapters/99_gone.ipynb, which is not a notebook of the book" in fails[0]
 

@@ -28,9 +28,9 @@ network. For each page it checks:
 - links: every ``href``/``src`` to a file of the site exists, and so does every
   ``#anchor`` (an element with that id) of the site's pages; no local request fails;
 - no CDN: no MathJax script from outside the site named in the HTML or requested;
-- Colab: on a chapter page (one with a notebook in the book's sources) the "Open in Colab"
-  badge and the Colab launch button are there and open that chapter's own notebook in the
-  repository, branch and ``path_to_book`` of ``_config.yml``
+- Colab: on a page made from a notebook of the book's sources the Colab launch button, and on
+  a chapter (``chapters/``) the "Open in Colab" badge too, are there and open that page's own
+  notebook in the repository, branch and ``path_to_book`` of ``_config.yml``
   (``https://colab.research.google.com/github/OWNER/REPO/blob/BRANCH/chapters/NN_....ipynb``);
   any other Colab link opens a notebook that exists; the repository and issue buttons point at
   that repository;
@@ -408,7 +408,9 @@ def check_repository_links(site: Path, page: str, report: PageReport, repo: Repo
                 report.fail(f"launch: {what} opens {path}, which is not a notebook of the book: {href!r}")
     if is_chapter:
         report.facts["colab"] = f"badge {badges}, launch {launch}"
-        if not badges:
+        # the chapters carry the badge (their first cell); other notebook pages (the instructor
+        # pages) have the launch button only
+        if not badges and page.startswith("chapters/"):
             report.fail(f"launch: no 'Open in Colab' badge linking to {repo.colab(notebook)}")
         if not launch:
             report.fail("launch: no Colab launch button (the rocket menu; _config.yml launch_buttons)")
