@@ -199,6 +199,17 @@ def test_online_run_admits_requests_at_their_arrival(model):
     assert_as_alone(model, reqs, report.results)
 
 
+def test_warm_up_serves_untimed_and_leaves_fresh_statistics(model):
+    reqs = synthetic_trace(3, seed=2, prompt_len=(3, 12), new_tokens=(2, 4), vocab_size=256)
+    server = Server(model, attention="gather", max_batch=2)
+    server.warm_up(reqs)
+    assert server.idle and server.stats.steps == 0 and not server.stats.log
+    report = server.run(reqs)                    # the same requests again, counted from zero
+    assert report.output_tokens == sum(r.max_new_tokens for r in reqs)
+    assert report.stats is server.stats and server.stats.steps > 0
+    assert_as_alone(model, reqs, report.results)
+
+
 # ----------------------------------------------------------------------------
 # Refusals and bad requests
 # ----------------------------------------------------------------------------

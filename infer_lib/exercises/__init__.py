@@ -243,7 +243,6 @@ def check_function(fn: Callable, reference: Callable, cases: Sequence[tuple], *,
     return _success(name, explain)
 
 
-
 def wrap_explanation(name: str, text: str) -> str:
     """``text`` wrapped so that the success line ``✅ <name>: correct. <text>`` keeps within 100
     characters a line (the chapters' checks print their explanation this way)."""

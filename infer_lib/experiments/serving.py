@@ -339,11 +339,9 @@ def run(preset: str = PRESET, *, smoke: bool = False, n_requests: int = N_REQUES
                     prefill_chunk=s["prefill_chunk"], attention="paged", cuda_graphs=device.HAS_GPU)
     server.runner.capture()
     # untimed: every kernel shape the trace needs is compiled and tuned, every graph captured
-    server.run(trace[:s.get("warmup_requests", len(trace))])
-    server.check_invariants()
+    server.warm_up(trace[:s.get("warmup_requests", len(trace))])
     _progress(t0, "warm-up run done", smoke)
 
-    server.stats = Stats()
     offline_report = server.run(trace)
     server.check_invariants()
     offline = _summary(offline_report)
