@@ -150,6 +150,17 @@ def test_nan_in_a_key_that_is_read_makes_that_output_nan(poisoned_outputs):
     _check(out, q, kb, vb, table, lens)
 
 
+@IEEE_WARNINGS_EXPECTED
+@pytest.mark.parametrize("value", [float("inf"), float("-inf")])
+def test_an_infinite_key_or_value_gives_what_the_reference_gives(value, poisoned_outputs):
+    q, k, v, kb, vb, table, lens = _paged(2, 4, 2, 16, 16, [20, 33])
+    kb[table[1, 2], 1, 0, 3] = value                      # a key of sequence 1, KV head 1
+    vb[table[0, 0], 0, 5, 1] = value                      # a value of sequence 0, KV head 0
+    out = paged_decode_attention(q, kb, vb, table, lens)
+    assert not out[1, :2].isnan().any()                   # KV head 0 of sequence 1 is untouched
+    _check(out, q, kb, vb, table, lens)
+
+
 def test_reference_is_the_contiguous_reference_on_the_same_keys():
     q, k, v, kb, vb, table, lens = _paged(3, 4, 2, 16, 16, [20, 1, 48])
     torch.testing.assert_close(pk.paged_decode_attention_ref(q, kb, vb, table, lens),
